@@ -1,0 +1,618 @@
+//! Ledger entries: one signed envelope for every kind, canonical bytes, and the public
+//! leaf record that goes into the Merkle tree.
+//!
+//! Entry bytes: `kind (u8) || author key (32) || signature (64) || body`. The signature is
+//! over `"tally/<kind>/v1" || 0x00 || body`, so a signature for one kind can never be
+//! replayed as another. See `specs/encoding.md`.
+
+use bincode::{Decode, Encode};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, CodecError, Text};
+use crate::merkle::{self, Hash};
+use crate::sig::{self, BatchItem, PublicKey, PublicKeyBytes, SignatureBytes, SignatureError, SigningKey};
+use crate::u8_enum;
+
+/// Largest entry, in bytes, that the ledger accepts.
+pub const ENTRY_BYTES_MAX: usize = 64 * 1024;
+/// Bytes before the body: kind, author key, signature.
+pub const ENTRY_HEADER_BYTES: usize = 1 + 32 + 64;
+/// Longest canonical URL in a receipt or registration.
+pub const URL_BYTES_MAX: usize = 2048;
+/// Longest log origin (also the checkpoint key name).
+pub const ORIGIN_BYTES_MAX: usize = 128;
+/// Longest display name.
+pub const NAME_BYTES_MAX: usize = 128;
+/// Longest asset code.
+pub const ASSET_CODE_BYTES_MAX: usize = 12;
+/// Largest asset scale (decimal places of the minor unit). 18 keeps one whole unit within
+/// an i64 of minor units and well inside rust_decimal's 28 digits.
+pub const ASSET_SCALE_MAX: u8 = 18;
+/// Encoded size of a leaf record.
+pub const LEAF_RECORD_BYTES: usize = 1 + 1 + 8 + 8 + 8 + 32;
+/// Leaf record format version.
+pub const LEAF_RECORD_VERSION: u8 = 1;
+
+const _: () = assert!(ENTRY_BYTES_MAX <= u32::MAX as usize);
+// Entry bundles carry leaf records with a u16 length prefix (C2SP tlog-tiles).
+const _: () = assert!(LEAF_RECORD_BYTES <= u16::MAX as usize);
+const _: () = assert!(URL_BYTES_MAX + ENTRY_HEADER_BYTES + 512 < ENTRY_BYTES_MAX);
+
+u8_enum! {
+    /// What an entry is. Codes are stable forever; new kinds take new codes.
+    pub enum EntryKind {
+        Genesis = 1 => "genesis",
+        Receipt = 2 => "receipt",
+    }
+}
+
+impl EntryKind {
+    /// The signing-domain prefix for this kind: `tally/<kind>/v1` and a zero byte.
+    pub fn domain(self) -> &'static [u8] {
+        match self {
+            EntryKind::Genesis => b"tally/genesis/v1\0",
+            EntryKind::Receipt => b"tally/receipt/v1\0",
+        }
+    }
+}
+
+u8_enum! {
+    /// RSL 1.0 usage tokens. `All` and `AiAll` are categories for scopes and reservations;
+    /// a receipt names one specific use.
+    pub enum Usage {
+        All = 1 => "all",
+        AiAll = 2 => "ai-all",
+        AiTrain = 3 => "ai-train",
+        AiInput = 4 => "ai-input",
+        AiIndex = 5 => "ai-index",
+        Search = 6 => "search",
+    }
+}
+
+impl Usage {
+    /// True for a specific use, false for a category.
+    pub fn is_specific(self) -> bool {
+        !matches!(self, Usage::All | Usage::AiAll)
+    }
+
+    /// Whether a scope or reservation naming `self` covers the specific use `other`.
+    pub fn covers(self, other: Usage) -> bool {
+        match self {
+            Usage::All => true,
+            Usage::AiAll => matches!(other, Usage::AiTrain | Usage::AiInput | Usage::AiIndex),
+            _ => self == other,
+        }
+    }
+}
+
+/// The first entry of every ledger: who runs it and what it counts in.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Genesis {
+    /// The log's origin line and checkpoint key name, e.g. `tally.example/collective`.
+    pub origin: Text<ORIGIN_BYTES_MAX>,
+    /// The collective's display name.
+    pub collective_name: Text<NAME_BYTES_MAX>,
+    /// The collective's key; must equal the entry's author.
+    pub collective_key: PublicKeyBytes,
+    /// The ledger's one asset, e.g. `USD`.
+    pub asset_code: Text<ASSET_CODE_BYTES_MAX>,
+    /// Decimal places of the asset's minor unit (6 for USD micros).
+    pub asset_scale: u8,
+    /// When the collective created the ledger, unix milliseconds.
+    pub created_ms: u64,
+}
+
+/// A publisher's countersignature that it served this fetch (proof of delivery).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Delivery {
+    pub publisher_key: PublicKeyBytes,
+    /// Over `"tally/delivery/v1" || 0x00 || receipt core bytes`.
+    pub signature: SignatureBytes,
+}
+
+/// The fields of a receipt that both the lab and a delivering publisher sign.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ReceiptCore {
+    pub lab_id: u64,
+    pub contract_id: Hash,
+    pub url: Text<URL_BYTES_MAX>,
+    pub content_sha256: Hash,
+    pub response_bytes: u64,
+    pub fetch_time_ms: u64,
+    pub usage: Usage,
+    /// 128 random bits chosen by the lab: the idempotency key with the lab's key, and what
+    /// keeps the public commitment to this receipt from being guessed.
+    pub nonce: [u8; 16],
+}
+
+/// One fetch of one article by a lab's crawler.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Receipt {
+    pub core: ReceiptCore,
+    pub delivery: Option<Delivery>,
+}
+
+/// Domain for delivery countersignatures.
+pub const DELIVERY_DOMAIN: &[u8] = b"tally/delivery/v1\0";
+/// Domain for receipt ids.
+pub const RECEIPT_ID_DOMAIN: &[u8] = b"tally/receipt-id/v1\0";
+
+/// `SHA-256("tally/receipt-id/v1" || 0x00 || lab key || nonce)`: the idempotency key.
+pub fn receipt_id(lab_key: &PublicKeyBytes, nonce: &[u8; 16]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(RECEIPT_ID_DOMAIN);
+    h.update(lab_key);
+    h.update(nonce);
+    h.finalize().into()
+}
+
+/// An entry body of any kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Genesis(Genesis),
+    Receipt(Receipt),
+}
+
+impl Body {
+    pub fn kind(&self) -> EntryKind {
+        match self {
+            Body::Genesis(_) => EntryKind::Genesis,
+            Body::Receipt(_) => EntryKind::Receipt,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Body::Genesis(g) => codec::encode(g),
+            Body::Receipt(r) => codec::encode(r),
+        }
+    }
+
+    fn decode(kind: EntryKind, bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(match kind {
+            EntryKind::Genesis => Body::Genesis(codec::decode_exact(bytes)?),
+            EntryKind::Receipt => Body::Receipt(codec::decode_exact(bytes)?),
+        })
+    }
+
+    /// Field rules beyond the byte layout; decoding and signing both enforce them.
+    fn validate(&self, author: &PublicKeyBytes) -> Result<(), CodecError> {
+        match self {
+            Body::Genesis(g) => validate_genesis(g, author),
+            Body::Receipt(r) => validate_receipt(r),
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: &'static str) -> CodecError {
+    CodecError::Invalid { field, reason }
+}
+
+fn validate_genesis(g: &Genesis, author: &PublicKeyBytes) -> Result<(), CodecError> {
+    check_note_name(g.origin.as_str()).map_err(|r| invalid("origin", r))?;
+    if g.collective_name.as_str().is_empty() || g.collective_name.as_str().chars().any(char::is_control) {
+        return Err(invalid("collective_name", "must be non-empty with no control characters"));
+    }
+    if g.collective_key != *author {
+        return Err(invalid("collective_key", "must be the key that signs the genesis entry"));
+    }
+    if PublicKey::for_registration(&g.collective_key).is_err() {
+        return Err(invalid("collective_key", "must be a registrable key (canonical, prime order)"));
+    }
+    let code = g.asset_code.as_str();
+    if code.len() < 3 || !code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+        return Err(invalid("asset_code", "must be 3-12 characters of A-Z and 0-9"));
+    }
+    if g.asset_scale > ASSET_SCALE_MAX {
+        return Err(invalid("asset_scale", "must be at most 18"));
+    }
+    Ok(())
+}
+
+fn validate_receipt(r: &Receipt) -> Result<(), CodecError> {
+    check_canonical_url(r.core.url.as_str()).map_err(|reason| invalid("url", reason))?;
+    if !r.core.usage.is_specific() {
+        return Err(invalid("usage", "a receipt names one specific use, not a category"));
+    }
+    if r.core.fetch_time_ms == 0 {
+        return Err(invalid("fetch_time_ms", "must be set"));
+    }
+    Ok(())
+}
+
+/// A signed-note key name: non-empty, no Unicode spaces, no `+`, no control characters.
+pub fn check_note_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '+') {
+        return Err("must contain no spaces, control characters or '+'");
+    }
+    Ok(())
+}
+
+/// The canonical URL form (specs/encoding.md): `http` or `https` in lower case, a lower-case
+/// host of `a-z 0-9 . -` with an optional port that is not the scheme's default, then a
+/// path starting with `/`; printable ASCII only (anything else percent-encoded), no
+/// fragment. The URL is kept as given; this only checks it is already canonical.
+pub fn check_canonical_url(url: &str) -> Result<(), &'static str> {
+    if !url.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err("must be printable ASCII with no spaces (percent-encode the rest)");
+    }
+    if url.contains('#') {
+        return Err("must not carry a fragment");
+    }
+    let (rest, default_port) = if let Some(rest) = url.strip_prefix("https://") {
+        (rest, "443")
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (rest, "80")
+    } else {
+        return Err("must start with http:// or https:// in lower case");
+    };
+    let slash = rest.find('/').ok_or("must have a path starting with '/'")?;
+    let authority = &rest[..slash];
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !host.starts_with('.')
+        && !host.ends_with('.');
+    if !host_ok {
+        return Err("host must be lower-case letters, digits, '.' and '-'");
+    }
+    if let Some(port) = port {
+        let digits_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !digits_ok || port.starts_with('0') || port == default_port {
+            return Err("port must be a number without leading zeros, omitted when it is the default");
+        }
+    }
+    Ok(())
+}
+
+/// A decoded entry that keeps its canonical bytes. It is not yet known to be validly
+/// signed; [`Entry::verify`] or [`verify_entries`] turn it into a [`VerifiedEntry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    bytes: Vec<u8>,
+    body: Body,
+}
+
+impl Entry {
+    /// Sign `body` as `key` and build the entry. Fails if the body breaks a field rule.
+    pub fn sign(key: &SigningKey, body: Body) -> Result<Self, CodecError> {
+        let author = key.public_bytes();
+        body.validate(&author)?;
+        let body_bytes = body.encode();
+        let signature = key.sign(&[body.kind().domain(), &body_bytes]);
+        let mut bytes = Vec::with_capacity(ENTRY_HEADER_BYTES + body_bytes.len());
+        bytes.push(body.kind().code());
+        bytes.extend_from_slice(&author);
+        bytes.extend_from_slice(&signature);
+        bytes.extend_from_slice(&body_bytes);
+        if bytes.len() > ENTRY_BYTES_MAX {
+            return Err(CodecError::TooLarge { len: bytes.len(), max: ENTRY_BYTES_MAX });
+        }
+        Ok(Self { bytes, body })
+    }
+
+    /// Decode canonical entry bytes. Anything non-canonical is refused: unknown kinds,
+    /// trailing bytes, over-long fields, bad UTF-8, out-of-range values.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        if bytes.len() > ENTRY_BYTES_MAX {
+            return Err(CodecError::TooLarge { len: bytes.len(), max: ENTRY_BYTES_MAX });
+        }
+        if bytes.len() < ENTRY_HEADER_BYTES {
+            return Err(CodecError::Malformed(format!(
+                "{} bytes is shorter than the {ENTRY_HEADER_BYTES}-byte header",
+                bytes.len()
+            )));
+        }
+        let kind = EntryKind::from_code(bytes[0]).ok_or(CodecError::UnknownKind(bytes[0]))?;
+        let body = Body::decode(kind, &bytes[ENTRY_HEADER_BYTES..])?;
+        let entry = Self { bytes: bytes.to_vec(), body };
+        entry.body.validate(entry.author())?;
+        Ok(entry)
+    }
+
+    pub fn kind(&self) -> EntryKind {
+        self.body.kind()
+    }
+
+    pub fn author(&self) -> &PublicKeyBytes {
+        self.bytes[1..33].try_into().expect("header is present")
+    }
+
+    pub fn signature(&self) -> &SignatureBytes {
+        self.bytes[33..97].try_into().expect("header is present")
+    }
+
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.bytes[ENTRY_HEADER_BYTES..]
+    }
+
+    /// The canonical bytes: what is stored, exported and committed to.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The receipt id, for receipts.
+    pub fn receipt_id(&self) -> Option<Hash> {
+        match &self.body {
+            Body::Receipt(r) => Some(receipt_id(self.author(), &r.core.nonce)),
+            _ => None,
+        }
+    }
+
+    /// Check every signature the entry carries under Tally's one rule.
+    pub fn verify(self) -> Result<VerifiedEntry, EntryError> {
+        let mut results = verify_entries(std::slice::from_ref(&self));
+        results.pop().expect("one result per entry")?;
+        Ok(VerifiedEntry(self))
+    }
+}
+
+/// Why an entry was refused before it reached the sequencer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("author signature: {0}")]
+    AuthorSignature(SignatureError),
+    #[error("delivery countersignature: {0}")]
+    DeliverySignature(SignatureError),
+}
+
+impl EntryError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EntryError::Codec(e) => e.code(),
+            EntryError::AuthorSignature(SignatureError::KeyEncoding | SignatureError::KeySmallOrder | SignatureError::KeyTorsion) => "bad-author-key",
+            EntryError::AuthorSignature(_) => "bad-signature",
+            EntryError::DeliverySignature(SignatureError::KeyEncoding | SignatureError::KeySmallOrder | SignatureError::KeyTorsion) => "bad-publisher-key",
+            EntryError::DeliverySignature(_) => "bad-delivery-signature",
+        }
+    }
+}
+
+/// An entry whose signatures all passed. Only verification makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEntry(Entry);
+
+impl VerifiedEntry {
+    pub fn entry(&self) -> &Entry {
+        &self.0
+    }
+
+    pub fn into_entry(self) -> Entry {
+        self.0
+    }
+}
+
+impl std::ops::Deref for VerifiedEntry {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.0
+    }
+}
+
+/// One signature an entry carries, with what it signs.
+struct SignatureCheck<'a> {
+    entry: usize,
+    delivery: bool,
+    key: PublicKey,
+    domain: &'static [u8],
+    message: std::borrow::Cow<'a, [u8]>,
+    signature: &'a SignatureBytes,
+}
+
+/// Verify the signatures of many entries at once (batch fast path, same result as one at a
+/// time). Returns, per entry, `Ok(())` or the first signature that failed.
+pub fn verify_entries(entries: &[Entry]) -> Vec<Result<(), EntryError>> {
+    let mut results: Vec<Result<(), EntryError>> = vec![Ok(()); entries.len()];
+    let mut checks: Vec<SignatureCheck<'_>> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        match PublicKey::from_bytes(e.author()) {
+            Ok(key) => checks.push(SignatureCheck {
+                entry: i,
+                delivery: false,
+                key,
+                domain: e.kind().domain(),
+                message: std::borrow::Cow::Borrowed(e.body_bytes()),
+                signature: e.signature(),
+            }),
+            Err(err) => {
+                results[i] = Err(EntryError::AuthorSignature(err));
+                continue;
+            }
+        }
+        if let Body::Receipt(Receipt { core, delivery: Some(d) }) = &e.body {
+            match PublicKey::from_bytes(&d.publisher_key) {
+                Ok(key) => checks.push(SignatureCheck {
+                    entry: i,
+                    delivery: true,
+                    key,
+                    domain: DELIVERY_DOMAIN,
+                    message: std::borrow::Cow::Owned(codec::encode(core)),
+                    signature: &d.signature,
+                }),
+                Err(err) => results[i] = Err(EntryError::DeliverySignature(err)),
+            }
+        }
+    }
+    let parts: Vec<[&[u8]; 2]> = checks.iter().map(|c| [c.domain, c.message.as_ref()]).collect();
+    let items: Vec<BatchItem<'_>> = checks
+        .iter()
+        .zip(&parts)
+        .map(|(c, p)| BatchItem { key: &c.key, message: p, signature: c.signature })
+        .collect();
+    for (check, outcome) in checks.iter().zip(sig::verify_batch(&items)) {
+        if let Err(err) = outcome {
+            if results[check.entry].is_ok() {
+                results[check.entry] = Err(if check.delivery {
+                    EntryError::DeliverySignature(err)
+                } else {
+                    EntryError::AuthorSignature(err)
+                });
+            }
+        }
+    }
+    results
+}
+
+/// Sign a delivery countersignature for a receipt core, as a publisher's edge would.
+pub fn sign_delivery(publisher: &SigningKey, core: &ReceiptCore) -> Delivery {
+    let signature = publisher.sign(&[DELIVERY_DOMAIN, &codec::encode(core)]);
+    Delivery { publisher_key: publisher.public_bytes(), signature }
+}
+
+/// The short public identifier of a key in leaf records: `SHA-256(key)[:8]`.
+pub fn key_id(key: &PublicKeyBytes) -> [u8; 8] {
+    let digest: Hash = Sha256::digest(key).into();
+    digest[..8].try_into().expect("8 of 32 bytes")
+}
+
+/// The public, canonical record of one log position. Anyone holding the full entry
+/// recomputes it; everyone else sees only this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct LeafRecord {
+    pub version: u8,
+    pub kind: EntryKind,
+    /// Position in the log, from 0.
+    pub seq: u64,
+    /// Sequencer time, unix milliseconds; never decreases along the log.
+    pub time_ms: u64,
+    pub author_key_id: [u8; 8],
+    /// `SHA-256(entry bytes)`.
+    pub commitment: Hash,
+}
+
+impl LeafRecord {
+    pub fn for_entry(entry: &Entry, seq: u64, time_ms: u64) -> Self {
+        Self {
+            version: LEAF_RECORD_VERSION,
+            kind: entry.kind(),
+            seq,
+            time_ms,
+            author_key_id: key_id(entry.author()),
+            commitment: Sha256::digest(entry.as_bytes()).into(),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; LEAF_RECORD_BYTES] {
+        let v = codec::encode(self);
+        v.try_into().expect("leaf records have a fixed size")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let record: Self = codec::decode_exact(bytes)?;
+        if record.version != LEAF_RECORD_VERSION {
+            return Err(invalid("version", "unknown leaf record version"));
+        }
+        Ok(record)
+    }
+
+    /// `SHA-256(0x00 || leaf record)`.
+    pub fn leaf_hash(&self) -> Hash {
+        merkle::leaf_hash(&self.encode())
+    }
+
+    /// Does this record describe `entry`?
+    pub fn matches(&self, entry: &Entry) -> bool {
+        *self == Self::for_entry(entry, self.seq, self.time_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(key: &SigningKey, url: &str) -> Entry {
+        let core = ReceiptCore {
+            lab_id: 7,
+            contract_id: [3; 32],
+            url: Text::new(url).unwrap(),
+            content_sha256: [4; 32],
+            response_bytes: 5120,
+            fetch_time_ms: 1_700_000_000_000,
+            usage: Usage::AiTrain,
+            nonce: [9; 16],
+        };
+        Entry::sign(key, Body::Receipt(Receipt { core, delivery: None })).unwrap()
+    }
+
+    /// Entries decode to themselves, verify, and refuse any trailing or missing byte.
+    #[test]
+    fn entries_round_trip_and_reject_noncanonical_bytes() {
+        let key = SigningKey::from_seed(&[1; 32]);
+        let e = receipt(&key, "https://news.example/a/1");
+        let back = Entry::decode(e.as_bytes()).unwrap();
+        assert_eq!(back, e);
+        back.verify().unwrap();
+        let mut long = e.as_bytes().to_vec();
+        long.push(0);
+        assert_eq!(Entry::decode(&long), Err(CodecError::TrailingBytes(1)));
+        let short = &e.as_bytes()[..e.as_bytes().len() - 1];
+        assert!(matches!(Entry::decode(short), Err(CodecError::Malformed(_))));
+        let mut unknown = e.as_bytes().to_vec();
+        unknown[0] = 0xee;
+        assert_eq!(Entry::decode(&unknown), Err(CodecError::UnknownKind(0xee)));
+    }
+
+    /// URL canonical form: each rule has an example that passes and one that fails.
+    #[test]
+    fn url_rules() {
+        for ok in ["https://a.example/", "http://a.example:8080/x?y=1", "https://a-b.example/%C3%A9"] {
+            assert_eq!(check_canonical_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "HTTPS://a.example/",
+            "https://A.example/",
+            "https://a.example",
+            "https://a.example/#frag",
+            "https://a.example/ space",
+            "https://a.example:443/",
+            "https://a.example:080/",
+            "ftp://a.example/",
+            "https://a.example/é",
+            "https:///x",
+        ] {
+            assert!(check_canonical_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A signing key refuses to sign a body that breaks a field rule.
+    #[test]
+    fn signing_enforces_field_rules() {
+        let key = SigningKey::from_seed(&[1; 32]);
+        let mut r = match receipt(&key, "https://a.example/").body().clone() {
+            Body::Receipt(r) => r,
+            Body::Genesis(_) => unreachable!("built a receipt"),
+        };
+        r.core.usage = Usage::AiAll;
+        assert!(matches!(Entry::sign(&key, Body::Receipt(r)), Err(CodecError::Invalid { field: "usage", .. })));
+    }
+
+    /// A tampered delivery countersignature is caught and named.
+    #[test]
+    fn delivery_signature_is_checked() {
+        let lab = SigningKey::from_seed(&[1; 32]);
+        let publisher = SigningKey::from_seed(&[2; 32]);
+        let mut r = match receipt(&lab, "https://a.example/").body().clone() {
+            Body::Receipt(r) => r,
+            Body::Genesis(_) => unreachable!("built a receipt"),
+        };
+        r.delivery = Some(sign_delivery(&publisher, &r.core));
+        let good = Entry::sign(&lab, Body::Receipt(r.clone())).unwrap();
+        good.verify().unwrap();
+        r.delivery.as_mut().unwrap().signature[0] ^= 1;
+        let bad = Entry::sign(&lab, Body::Receipt(r)).unwrap();
+        assert!(matches!(bad.verify(), Err(EntryError::DeliverySignature(_))));
+    }
+}

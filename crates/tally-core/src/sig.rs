@@ -1,0 +1,304 @@
+//! Ed25519 keys and Tally's one signature-acceptance rule.
+//!
+//! Libraries disagree on Ed25519 edge cases (small-order points, non-canonical encodings,
+//! cofactored versus cofactorless equations). Tally accepts exactly one set, defined by
+//! [`verify`] and written out in `specs/signatures.md`:
+//!
+//! 1. the public key `A` is a canonical encoding of a curve point that is not of small order;
+//! 2. `R` is a canonical encoding of a curve point that is not of small order;
+//! 3. `S` is canonical (`S < L`);
+//! 4. the **cofactored** equation holds: `[8][S]B = [8]R + [8][k]A`, `k = SHA-512(R || A || M) mod L`.
+//!
+//! The cofactored equation is what makes batch verification a true fast path: a random
+//! linear combination of cofactored equations holds exactly when every one holds (up to a
+//! 2^-128 chance of a false accept for a forged batch), whereas a cofactorless batch can
+//! accept or reject a torsioned signature depending on the random weights, so a node and
+//! an auditor batching differently could disagree. `ed25519-dalek`'s own `verify_batch`
+//! is cofactorless, so both paths here are built on `curve25519-dalek` directly.
+
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use ed25519_dalek::Signer;
+use rand::RngCore;
+use sha2::{Digest, Sha512};
+
+/// Ed25519 public key bytes as they appear on the wire.
+pub type PublicKeyBytes = [u8; 32];
+/// Ed25519 signature bytes (`R || S`) as they appear on the wire.
+pub type SignatureBytes = [u8; 64];
+
+/// Signatures checked together before the batch equation is tried. Larger batches amortise
+/// the multiscalar multiplication better, but a failure costs a full individual re-check.
+pub const BATCH_SIGNATURES_MAX: usize = 64;
+
+/// Why a key or signature was refused. Each variant names one failed condition of the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("public key is not a canonical encoding of a curve point")]
+    KeyEncoding,
+    #[error("public key is a small-order (weak) point")]
+    KeySmallOrder,
+    #[error("public key has a torsion component; honestly generated keys never do")]
+    KeyTorsion,
+    #[error("signature R is not a canonical encoding of a curve point")]
+    REncoding,
+    #[error("signature R is a small-order point")]
+    RSmallOrder,
+    #[error("signature S is not below the group order")]
+    SNonCanonical,
+    #[error("signature does not verify")]
+    Equation,
+}
+
+/// Decompress `bytes` and insist that re-compressing gives the same bytes back, which
+/// rules out field elements >= p and a set sign bit on x = 0.
+fn canonical_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+    let point = CompressedEdwardsY(*bytes).decompress()?;
+    (point.compress().as_bytes() == bytes).then_some(point)
+}
+
+/// A public key that passed rule 1. Only [`PublicKey::from_bytes`] makes one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey {
+    bytes: PublicKeyBytes,
+    point: EdwardsPoint,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", hex::encode(self.bytes))
+    }
+}
+
+impl PublicKey {
+    /// Parse a key under rule 1: canonical and not of small order.
+    pub fn from_bytes(bytes: &PublicKeyBytes) -> Result<Self, SignatureError> {
+        let point = canonical_point(bytes).ok_or(SignatureError::KeyEncoding)?;
+        if point.is_small_order() {
+            return Err(SignatureError::KeySmallOrder);
+        }
+        Ok(Self { bytes: *bytes, point })
+    }
+
+    /// The stricter check made when a key is registered on the ledger: rule 1 and no
+    /// torsion component at all. A key made as `a * B` always passes; refusing the rest at
+    /// registration keeps odd keys out of the ledger without changing the signature rule.
+    pub fn for_registration(bytes: &PublicKeyBytes) -> Result<Self, SignatureError> {
+        let key = Self::from_bytes(bytes)?;
+        if !key.point.is_torsion_free() {
+            return Err(SignatureError::KeyTorsion);
+        }
+        Ok(key)
+    }
+
+    pub fn as_bytes(&self) -> &PublicKeyBytes {
+        &self.bytes
+    }
+}
+
+/// The parts of a signature that rules 2 and 3 check, ready for the equation.
+struct ParsedSignature {
+    r: EdwardsPoint,
+    s: Scalar,
+}
+
+fn parse_signature(sig: &SignatureBytes) -> Result<ParsedSignature, SignatureError> {
+    let r_bytes: [u8; 32] = sig[..32].try_into().expect("64-byte signature");
+    let s_bytes: [u8; 32] = sig[32..].try_into().expect("64-byte signature");
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
+        .ok_or(SignatureError::SNonCanonical)?;
+    let r = canonical_point(&r_bytes).ok_or(SignatureError::REncoding)?;
+    if r.is_small_order() {
+        return Err(SignatureError::RSmallOrder);
+    }
+    Ok(ParsedSignature { r, s })
+}
+
+/// `k = SHA-512(R || A || M) mod L`, with the message given as parts so callers can sign a
+/// domain prefix and a body without concatenating them.
+fn challenge(sig: &SignatureBytes, key: &PublicKey, message: &[&[u8]]) -> Scalar {
+    let mut h = Sha512::new();
+    h.update(&sig[..32]);
+    h.update(key.bytes);
+    for part in message {
+        h.update(part);
+    }
+    Scalar::from_hash(h)
+}
+
+/// Tally's signature-acceptance rule (see the module docs). `message` is the concatenation
+/// of its parts. This is the only definition; [`verify_batch`] agrees with it.
+pub fn verify(
+    key: &PublicKey,
+    message: &[&[u8]],
+    sig: &SignatureBytes,
+) -> Result<(), SignatureError> {
+    let parsed = parse_signature(sig)?;
+    let k = challenge(sig, key, message);
+    // [S]B - [k]A - R, then times the cofactor.
+    let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.point, &parsed.s);
+    if (sb_minus_ka - parsed.r).mul_by_cofactor().is_identity() {
+        Ok(())
+    } else {
+        Err(SignatureError::Equation)
+    }
+}
+
+/// One signature to check in a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchItem<'a> {
+    pub key: &'a PublicKey,
+    pub message: &'a [&'a [u8]],
+    pub signature: &'a SignatureBytes,
+}
+
+/// Verify many signatures; the result for each item is exactly what [`verify`] says of it.
+///
+/// Items failing rules 2-3 are settled without the equation. The rest are checked in
+/// chunks of [`BATCH_SIGNATURES_MAX`] with one random linear combination of their cofactored
+/// equations; a chunk that fails is re-checked one by one to find the bad items.
+pub fn verify_batch(items: &[BatchItem<'_>]) -> Vec<Result<(), SignatureError>> {
+    let mut results: Vec<Result<(), SignatureError>> = Vec::with_capacity(items.len());
+    let mut pending: Vec<(usize, ParsedSignature, Scalar)> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match parse_signature(item.signature) {
+            Ok(parsed) => {
+                let k = challenge(item.signature, item.key, item.message);
+                pending.push((i, parsed, k));
+                results.push(Ok(()));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    let mut rng = rand::thread_rng();
+    for chunk in pending.chunks(BATCH_SIGNATURES_MAX) {
+        if !batch_equation_holds(items, chunk, &mut rng) {
+            for (i, _, _) in chunk {
+                let item = &items[*i];
+                results[*i] = verify(item.key, item.message, item.signature);
+            }
+        }
+    }
+    results
+}
+
+/// `[8]( [sum z_i S_i] B - sum [z_i] R_i - sum [z_i k_i] A_i ) == identity` with fresh
+/// random 128-bit weights `z_i`.
+fn batch_equation_holds(
+    items: &[BatchItem<'_>],
+    chunk: &[(usize, ParsedSignature, Scalar)],
+    rng: &mut impl RngCore,
+) -> bool {
+    let mut b_coefficient = Scalar::ZERO;
+    let mut scalars = Vec::with_capacity(1 + 2 * chunk.len());
+    let mut points = Vec::with_capacity(1 + 2 * chunk.len());
+    scalars.push(Scalar::ZERO); // placeholder for the basepoint coefficient
+    points.push(ED25519_BASEPOINT_POINT);
+    for (i, parsed, k) in chunk {
+        let mut z_bytes = [0u8; 16];
+        rng.fill_bytes(&mut z_bytes);
+        let z = Scalar::from(u128::from_le_bytes(z_bytes));
+        b_coefficient += z * parsed.s;
+        scalars.push(-z);
+        points.push(parsed.r);
+        scalars.push(-(z * k));
+        points.push(items[*i].key.point);
+    }
+    scalars[0] = b_coefficient;
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
+        .mul_by_cofactor()
+        .is_identity()
+}
+
+/// A signing key. Holds the secret; never printed.
+pub struct SigningKey(ed25519_dalek::SigningKey);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey(public {})", hex::encode(self.public_bytes()))
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from the operating system's randomness.
+    pub fn generate() -> Self {
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        Self::from_seed(&seed)
+    }
+
+    /// The RFC 8032 key for a 32-byte seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self(ed25519_dalek::SigningKey::from_bytes(seed))
+    }
+
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn public_bytes(&self) -> PublicKeyBytes {
+        self.0.verifying_key().to_bytes()
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from_bytes(&self.public_bytes()).expect("a derived public key is valid")
+    }
+
+    /// Sign the concatenation of `message` parts.
+    pub fn sign(&self, message: &[&[u8]]) -> SignatureBytes {
+        let joined = message.concat();
+        self.0.sign(&joined).to_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signature made by the key verifies; altering message, signature or key breaks it.
+    #[test]
+    fn sign_and_verify_round_trip() {
+        let key = SigningKey::from_seed(&[7u8; 32]);
+        let public = key.public_key();
+        let sig = key.sign(&[b"tally/test/v1\0", b"body"]);
+        assert_eq!(verify(&public, &[b"tally/test/v1\0", b"body"], &sig), Ok(()));
+        assert_eq!(verify(&public, &[b"tally/test/v1\0body"], &sig), Ok(()));
+        assert_eq!(
+            verify(&public, &[b"tally/test/v1\0", b"bodY"], &sig),
+            Err(SignatureError::Equation)
+        );
+        let mut bad = sig;
+        bad[10] ^= 1;
+        assert!(verify(&public, &[b"tally/test/v1\0body"], &bad).is_err());
+        let other = SigningKey::from_seed(&[8u8; 32]).public_key();
+        assert_eq!(
+            verify(&other, &[b"tally/test/v1\0body"], &sig),
+            Err(SignatureError::Equation)
+        );
+    }
+
+    /// A batch with some bad signatures reports exactly the bad ones, matching `verify`.
+    #[test]
+    fn batch_finds_the_bad_signatures() {
+        let keys: Vec<SigningKey> = (0..150u8).map(|i| SigningKey::from_seed(&[i; 32])).collect();
+        let publics: Vec<PublicKey> = keys.iter().map(SigningKey::public_key).collect();
+        let messages: Vec<Vec<u8>> = (0..150u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let mut sigs: Vec<SignatureBytes> =
+            keys.iter().zip(&messages).map(|(k, m)| k.sign(&[m])).collect();
+        sigs[3][40] ^= 1; // equation fails
+        sigs[77][63] |= 0xf0; // S not canonical
+        sigs[140][5] ^= 4; // R changes
+        let parts: Vec<[&[u8]; 1]> = messages.iter().map(|m| [m.as_slice()]).collect();
+        let items: Vec<BatchItem<'_>> = (0..150)
+            .map(|i| BatchItem { key: &publics[i], message: &parts[i], signature: &sigs[i] })
+            .collect();
+        let got = verify_batch(&items);
+        for (i, item) in items.iter().enumerate() {
+            assert_eq!(got[i], verify(item.key, item.message, item.signature), "item {i}");
+        }
+        let bad: Vec<usize> = (0..150).filter(|i| got[*i].is_err()).collect();
+        assert_eq!(bad, vec![3, 77, 140]);
+    }
+}

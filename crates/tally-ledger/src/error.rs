@@ -1,0 +1,38 @@
+//! Errors of the durable log. Operating errors are values; broken invariants are `Corrupted`.
+
+/// What went wrong opening, reading or appending to the ledger.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    /// RocksDB failed (I/O, disk full, checksum mismatch on read).
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// Stored data breaks an invariant: never served, always reported.
+    #[error("ledger data is corrupted: {0}")]
+    Corrupted(String),
+    /// The signing key given to the ledger is not the collective key in its genesis entry.
+    #[error("the signing key is not the collective key of this ledger")]
+    WrongSigningKey,
+    /// The append queue is full; try again later.
+    #[error("the append queue is full")]
+    Busy,
+    /// The sequencer has stopped (shutdown or a fatal storage error).
+    #[error("the ledger is closed")]
+    Closed,
+    /// Too many entries in one append call.
+    #[error("{len} entries in one append is over the limit of {max}")]
+    TooManyEntries { len: usize, max: usize },
+}
+
+impl LedgerError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LedgerError::Storage(_) => "storage-error",
+            LedgerError::Corrupted(_) => "corrupted",
+            LedgerError::WrongSigningKey => "wrong-signing-key",
+            LedgerError::Busy => "busy",
+            LedgerError::Closed => "closed",
+            LedgerError::TooManyEntries { .. } => "too-many-entries",
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The ledger: recovery on open, the single sequencer thread with group commit, and
+//! checkpoint signing.
+//!
+//! Appends from any number of callers queue on a bounded channel. One thread takes
+//! everything queued (up to [`GROUP_ENTRIES_MAX`]), assigns sequence numbers, builds one
+//! RocksDB write batch, syncs it once and only then answers every caller in the group. The
+//! group grows with load on its own: when idle a group is one request, under load it is
+//! whatever arrived during the previous sync.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rocksdb::WriteBatch;
+use tally_core::Hash;
+use tally_core::checkpoint::{Checkpoint, open_checkpoint};
+use tally_core::entry::{Body, Entry, EntryKind, LeafRecord, VerifiedEntry, key_id};
+use tally_core::merkle::{self, Frontier, NodeReader, ProofError};
+use tally_core::sig::{PublicKey, SigningKey};
+use tally_core::tile::TILE_HEIGHT;
+use tokio::sync::oneshot;
+
+use crate::error::LedgerError;
+use crate::store::*;
+
+/// Most entries one append call may carry.
+pub const ENTRIES_PER_APPEND_MAX: usize = 4096;
+/// Most entries the sequencer puts in one synced write batch.
+pub const GROUP_ENTRIES_MAX: usize = 16384;
+/// Most append calls waiting for the sequencer; past this, appends fail with `Busy`.
+pub const QUEUE_REQUESTS_MAX: usize = 1024;
+const _: () = assert!(ENTRIES_PER_APPEND_MAX <= GROUP_ENTRIES_MAX);
+
+/// A clock returning unix milliseconds.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// How to open a ledger.
+pub struct LedgerConfig {
+    /// The collective's key, which signs checkpoints. Without it the ledger is read-only.
+    pub signing_key: Option<SigningKey>,
+    /// Sign a checkpoint after a commit once this long has passed since the last one.
+    pub checkpoint_interval_ms: u64,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerConfig")
+            .field("signing_key", &self.signing_key)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .finish()
+    }
+}
+
+impl LedgerConfig {
+    pub fn new(signing_key: Option<SigningKey>) -> Self {
+        Self { signing_key, checkpoint_interval_ms: 1000, clock: system_clock() }
+    }
+}
+
+/// Where an entry landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub leaf_hash: Hash,
+}
+
+/// Why the ledger refused an entry that was well-formed and validly signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the ledger has no genesis entry yet; the first entry must be one")]
+    GenesisRequired,
+    #[error("the ledger already has its genesis entry")]
+    GenesisExists,
+}
+
+impl Rejection {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::GenesisRequired => "genesis-required",
+            Rejection::GenesisExists => "genesis-exists",
+        }
+    }
+}
+
+/// The answer for one entry of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Appended now, at this position; durable before this was returned.
+    Appended(Position),
+    /// A receipt with this id is already in the log; this is where the original is.
+    Duplicate(Position),
+    Rejected(Rejection),
+}
+
+/// Facts from the genesis entry that the ledger itself needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisInfo {
+    pub origin: String,
+    pub collective_key: PublicKey,
+    pub asset_code: String,
+    pub asset_scale: u8,
+}
+
+impl GenesisInfo {
+    fn from_entry(entry: &Entry) -> Result<Self, LedgerError> {
+        match entry.body() {
+            Body::Genesis(g) => Ok(Self {
+                origin: g.origin.as_str().to_string(),
+                collective_key: PublicKey::from_bytes(&g.collective_key)
+                    .map_err(|e| LedgerError::Corrupted(format!("genesis key: {e}")))?,
+                asset_code: g.asset_code.as_str().to_string(),
+                asset_scale: g.asset_scale,
+            }),
+            Body::Receipt(_) => Err(LedgerError::Corrupted("entry 0 is not a genesis entry".into())),
+        }
+    }
+}
+
+type AppendReply = oneshot::Sender<Result<Vec<Outcome>, LedgerError>>;
+type CheckpointReply = oneshot::Sender<Result<Option<(u64, String)>, LedgerError>>;
+
+enum Command {
+    Append(Vec<VerifiedEntry>, AppendReply),
+    Checkpoint(CheckpointReply),
+}
+
+/// State readers share with the sequencer: only what has been committed.
+#[derive(Debug, Default)]
+struct Published {
+    size: AtomicU64,
+    genesis: RwLock<Option<GenesisInfo>>,
+    checkpoint: RwLock<Option<(u64, String)>>,
+}
+
+/// An open ledger. Reads go straight to the store; appends go through the sequencer.
+pub struct Ledger {
+    store: Store,
+    published: Arc<Published>,
+    tx: Option<SyncSender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("store", &self.store).field("size", &self.size()).finish()
+    }
+}
+
+impl Ledger {
+    /// Open the ledger in `dir`, recovering and checking its state, and start the sequencer
+    /// if a signing key was given.
+    pub fn open(dir: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
+        let store = Store::open(dir)?;
+        let recovered = recover(&store)?;
+        if let (Some(key), Some(genesis)) = (&config.signing_key, &recovered.genesis) {
+            if key.public_key() != genesis.collective_key {
+                return Err(LedgerError::WrongSigningKey);
+            }
+        }
+        let published = Arc::new(Published {
+            size: AtomicU64::new(recovered.frontier.size()),
+            genesis: RwLock::new(recovered.genesis.clone()),
+            checkpoint: RwLock::new(recovered.checkpoint.as_ref().map(|(s, n, _)| (*s, n.clone()))),
+        });
+        let Some(signing_key) = config.signing_key else {
+            return Ok(Self { store, published, tx: None, thread: None });
+        };
+        let mut sequencer = Sequencer {
+            store: store.clone(),
+            published: published.clone(),
+            frontier: recovered.frontier,
+            last_time_ms: recovered.last_time_ms,
+            genesis: recovered.genesis,
+            last_checkpoint: recovered.checkpoint.map(|(s, _, r)| (s, r)),
+            last_checkpoint_at_ms: 0,
+            signing_key,
+            checkpoint_interval_ms: config.checkpoint_interval_ms,
+            clock: config.clock,
+        };
+        // Entries committed after the last checkpoint (a crash between the two writes) get
+        // a checkpoint now, checked for consistency with the last one like any other.
+        sequencer.maybe_checkpoint(true)?;
+        let (tx, rx) = sync_channel(QUEUE_REQUESTS_MAX);
+        let thread = std::thread::Builder::new()
+            .name("tally-sequencer".into())
+            .spawn(move || sequencer.run(rx))
+            .map_err(|e| LedgerError::Corrupted(format!("cannot start the sequencer thread: {e}")))?;
+        Ok(Self { store, published, tx: Some(tx), thread: Some(thread) })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Entries committed so far.
+    pub fn size(&self) -> u64 {
+        self.published.size.load(Ordering::Acquire)
+    }
+
+    pub fn genesis(&self) -> Option<GenesisInfo> {
+        self.published.genesis.read().expect("lock").clone()
+    }
+
+    /// The newest signed checkpoint: its size and note text.
+    pub fn latest_checkpoint(&self) -> Option<(u64, String)> {
+        self.published.checkpoint.read().expect("lock").clone()
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), LedgerError> {
+        let tx = self.tx.as_ref().ok_or(LedgerError::Closed)?;
+        tx.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => LedgerError::Busy,
+            TrySendError::Disconnected(_) => LedgerError::Closed,
+        })
+    }
+
+    fn enqueue(&self, entries: Vec<VerifiedEntry>) -> Result<oneshot::Receiver<Result<Vec<Outcome>, LedgerError>>, LedgerError> {
+        if entries.len() > ENTRIES_PER_APPEND_MAX {
+            return Err(LedgerError::TooManyEntries { len: entries.len(), max: ENTRIES_PER_APPEND_MAX });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Append(entries, reply))?;
+        Ok(rx)
+    }
+
+    /// Append verified entries; the answer (one outcome per entry, in order) comes once
+    /// they are durable.
+    pub async fn append(&self, entries: Vec<VerifiedEntry>) -> Result<Vec<Outcome>, LedgerError> {
+        self.enqueue(entries)?.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// [`Ledger::append`] for callers outside an async runtime.
+    pub fn append_blocking(&self, entries: Vec<VerifiedEntry>) -> Result<Vec<Outcome>, LedgerError> {
+        self.enqueue(entries)?.blocking_recv().map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Ask the sequencer to sign a checkpoint at the current size now (if it grew).
+    pub fn checkpoint_blocking(&self) -> Result<Option<(u64, String)>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Checkpoint(reply))?;
+        rx.blocking_recv().map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Inclusion proof of leaf `index` in the tree of `size` (at most the committed size).
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        assert!(index < size && size <= self.size(), "proof outside the committed tree");
+        merkle::inclusion_proof(&self.store, index, size)
+    }
+
+    /// Consistency proof between two committed sizes.
+    pub fn consistency_proof(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, LedgerError> {
+        assert!(size1 <= size2 && size2 <= self.size(), "proof outside the committed tree");
+        merkle::consistency_proof(&self.store, size1, size2)
+    }
+
+    /// Stop accepting appends, let the sequencer finish what is queued, sign a final
+    /// checkpoint and wait for it to exit.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Recovered {
+    frontier: Frontier,
+    last_time_ms: u64,
+    genesis: Option<GenesisInfo>,
+    checkpoint: Option<(u64, String, Hash)>,
+}
+
+fn corrupted(msg: String) -> LedgerError {
+    LedgerError::Corrupted(msg)
+}
+
+/// Check what the store says about itself and rebuild the in-memory state derived from it.
+fn recover(store: &Store) -> Result<Recovered, LedgerError> {
+    let size = store.stored_size()?;
+    let last = size.checked_sub(1);
+    for cf in [CF_ENTRIES, CF_LEAVES] {
+        let stored = store.last_seq(cf)?;
+        if stored != last {
+            return Err(corrupted(format!("{cf} ends at {stored:?} but the tree size is {size}")));
+        }
+    }
+    let frontier = Frontier::from_reader(size, store)?;
+    let mut last_time_ms = 0;
+    let mut genesis = None;
+    if let Some(last) = last {
+        let leaf = store.leaf(last)?.ok_or_else(|| corrupted(format!("leaf {last} missing")))?;
+        if leaf.seq != last || store.node(0, last)? != leaf.leaf_hash() {
+            return Err(corrupted(format!("leaf {last} does not match its tree hash")));
+        }
+        let entry = store.entry(last)?.ok_or_else(|| corrupted(format!("entry {last} missing")))?;
+        if !leaf.matches(&entry) {
+            return Err(corrupted(format!("entry {last} does not match its leaf record")));
+        }
+        last_time_ms = leaf.time_ms;
+        let first = store.entry(0)?.ok_or_else(|| corrupted("entry 0 missing".into()))?;
+        genesis = Some(GenesisInfo::from_entry(&first)?);
+    }
+    let mut checkpoint = None;
+    if let Some((cp_size, note)) = store.latest_checkpoint()? {
+        let g = genesis.as_ref().ok_or_else(|| corrupted("a checkpoint exists without a genesis".into()))?;
+        let cp = open_checkpoint(&note, &g.origin, &g.collective_key)
+            .map_err(|e| corrupted(format!("stored checkpoint {cp_size}: {e}")))?;
+        if cp.size != cp_size || cp.size > size || merkle::root_at(store, cp.size)? != cp.root {
+            return Err(corrupted(format!("stored checkpoint {cp_size} does not match the stored tree")));
+        }
+        checkpoint = Some((cp_size, note, cp.root));
+    }
+    Ok(Recovered { frontier, last_time_ms, genesis, checkpoint })
+}
+
+struct Sequencer {
+    store: Store,
+    published: Arc<Published>,
+    frontier: Frontier,
+    last_time_ms: u64,
+    genesis: Option<GenesisInfo>,
+    last_checkpoint: Option<(u64, Hash)>,
+    last_checkpoint_at_ms: u64,
+    signing_key: SigningKey,
+    checkpoint_interval_ms: u64,
+    clock: Clock,
+}
+
+/// What one group will write, built before anything is committed.
+struct Group {
+    batch: WriteBatch,
+    frontier: Frontier,
+    time_ms: u64,
+    genesis: Option<GenesisInfo>,
+    /// Receipt ids appended earlier in this same group.
+    receipts: HashMap<Hash, Position>,
+}
+
+impl Sequencer {
+    fn run(mut self, rx: Receiver<Command>) {
+        while let Ok(first) = rx.recv() {
+            let mut appends = Vec::new();
+            let mut checkpoint_replies = Vec::new();
+            let mut entries = 0usize;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append(batch, reply) => {
+                        entries += batch.len();
+                        appends.push((batch, reply));
+                    }
+                    Command::Checkpoint(reply) => checkpoint_replies.push(reply),
+                }
+                if entries < GROUP_ENTRIES_MAX {
+                    next = match rx.try_recv() {
+                        Ok(cmd) => Some(cmd),
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+                    };
+                }
+            }
+            self.commit_group(appends);
+            let forced = !checkpoint_replies.is_empty();
+            let result = self.maybe_checkpoint(forced);
+            for reply in checkpoint_replies {
+                let answer = match &result {
+                    Ok(()) => Ok(self.published.checkpoint.read().expect("lock").clone()),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        // The channel closed: every queued append has been committed. Sign the final state.
+        if let Err(e) = self.maybe_checkpoint(true) {
+            eprintln!("tally-ledger: final checkpoint failed: {e}");
+        }
+    }
+
+    fn commit_group(&mut self, appends: Vec<(Vec<VerifiedEntry>, AppendReply)>) {
+        if appends.is_empty() {
+            return;
+        }
+        let mut group = Group {
+            batch: WriteBatch::default(),
+            frontier: self.frontier.clone(),
+            time_ms: (self.clock)().max(self.last_time_ms),
+            genesis: self.genesis.clone(),
+            receipts: HashMap::new(),
+        };
+        let mut answers = Vec::with_capacity(appends.len());
+        let mut failed = None;
+        for (entries, _) in &appends {
+            let mut outcomes = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match self.place(&mut group, entry) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            answers.push(outcomes);
+        }
+        let size = group.frontier.size();
+        self.store.batch_put(&mut group.batch, CF_META, META_SIZE, &size.to_be_bytes());
+        let result = match failed {
+            Some(e) => Err(e),
+            None => self.store.write_synced(group.batch),
+        };
+        match result {
+            Ok(()) => {
+                self.frontier = group.frontier;
+                self.last_time_ms = group.time_ms;
+                if self.genesis.is_none() && group.genesis.is_some() {
+                    *self.published.genesis.write().expect("lock") = group.genesis.clone();
+                }
+                self.genesis = group.genesis;
+                self.published.size.store(size, Ordering::Release);
+                for ((_, reply), outcomes) in appends.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(outcomes));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was written; every caller learns it failed.
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Decide the outcome of one entry and, if it is appended, add its writes to the group.
+    fn place(&self, group: &mut Group, entry: &VerifiedEntry) -> Result<Outcome, LedgerError> {
+        let seq = group.frontier.size();
+        match (entry.kind(), &group.genesis) {
+            (EntryKind::Genesis, Some(_)) => return Ok(Outcome::Rejected(Rejection::GenesisExists)),
+            (EntryKind::Genesis, None) => group.genesis = Some(GenesisInfo::from_entry(entry)?),
+            (_, None) => return Ok(Outcome::Rejected(Rejection::GenesisRequired)),
+            (_, Some(_)) => {}
+        }
+        let receipt_id = entry.receipt_id();
+        if let Some(id) = &receipt_id {
+            if let Some(pos) = group.receipts.get(id) {
+                return Ok(Outcome::Duplicate(*pos));
+            }
+            if let Some(original) = self.store.dedup(id)? {
+                return Ok(Outcome::Duplicate(self.position(original)?));
+            }
+        }
+        let leaf = LeafRecord::for_entry(entry, seq, group.time_ms);
+        let leaf_hash = leaf.leaf_hash();
+        let store = &self.store;
+        let batch = &mut group.batch;
+        store.batch_put(batch, CF_ENTRIES, &seq_key(seq), entry.as_bytes());
+        store.batch_put(batch, CF_LEAVES, &seq_key(seq), &leaf.encode());
+        group.frontier.append(leaf_hash, |level, index, hash| {
+            if level % TILE_HEIGHT == 0 {
+                store.batch_put(batch, CF_HASHES, &hash_key(level, index), hash);
+            }
+        });
+        store.batch_put(batch, CF_HISTORY, &history_key(&leaf.author_key_id, seq), &[]);
+        if let Body::Receipt(r) = entry.body() {
+            if let Some(d) = &r.delivery {
+                store.batch_put(batch, CF_HISTORY, &history_key(&key_id(&d.publisher_key), seq), &[]);
+            }
+        }
+        let position = Position { seq, time_ms: group.time_ms, leaf_hash };
+        if let Some(id) = receipt_id {
+            store.batch_put(batch, CF_DEDUP, &id, &seq_key(seq));
+            group.receipts.insert(id, position);
+        }
+        Ok(Outcome::Appended(position))
+    }
+
+    fn position(&self, seq: u64) -> Result<Position, LedgerError> {
+        let leaf = self.store.leaf(seq)?.ok_or_else(|| corrupted(format!("dedup points at missing leaf {seq}")))?;
+        Ok(Position { seq, time_ms: leaf.time_ms, leaf_hash: leaf.leaf_hash() })
+    }
+
+    /// Sign a checkpoint at the current size if the tree grew and it is time (or `force`).
+    /// Refuses, as corruption, to sign anything inconsistent with the previous checkpoint.
+    fn maybe_checkpoint(&mut self, force: bool) -> Result<(), LedgerError> {
+        let Some(genesis) = &self.genesis else { return Ok(()) };
+        let size = self.frontier.size();
+        let prev_size = self.last_checkpoint.map_or(0, |(s, _)| s);
+        let now = (self.clock)();
+        let due = now.saturating_sub(self.last_checkpoint_at_ms) >= self.checkpoint_interval_ms;
+        if size == prev_size || !(force || due) {
+            return Ok(());
+        }
+        let root = self.frontier.root();
+        // Pair assertion: the root from the stored tiles equals the in-memory frontier's.
+        if merkle::root_at(&self.store, size)? != root {
+            return Err(corrupted(format!("stored tree root at {size} differs from the sequencer's")));
+        }
+        if let Some((prev_size, prev_root)) = self.last_checkpoint {
+            let proof = merkle::consistency_proof(&self.store, prev_size, size)?;
+            merkle::verify_consistency(prev_size, size, &prev_root, &root, &proof).map_err(|e: ProofError| {
+                corrupted(format!("refusing to sign {size}: inconsistent with checkpoint {prev_size}: {e}"))
+            })?;
+        }
+        let cp = Checkpoint { origin: genesis.origin.clone(), size, root, extensions: Vec::new() };
+        let note = cp.sign(&genesis.origin, &self.signing_key);
+        let mut batch = WriteBatch::default();
+        self.store.batch_put(&mut batch, CF_CHECKPOINTS, &seq_key(size), note.as_bytes());
+        self.store.write_synced(batch)?;
+        self.last_checkpoint = Some((size, root));
+        self.last_checkpoint_at_ms = now;
+        *self.published.checkpoint.write().expect("lock") = Some((size, note));
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! Tally's durable, append-only, verifiable log on RocksDB.
+//!
+//! [`Ledger`] owns one sequencer thread that assigns sequence numbers and commits groups of
+//! appends in one synced write batch; [`Store`] holds the column families and serves every
+//! read (entries, leaf records, tiles, entry bundles, proofs, checkpoints). The byte layout
+//! is in `specs/storage.md`.
+
+mod error;
+mod ledger;
+mod store;
+
+pub use error::LedgerError;
+pub use ledger::{
+    Clock, ENTRIES_PER_APPEND_MAX, GROUP_ENTRIES_MAX, GenesisInfo, Ledger, LedgerConfig, Outcome, Position,
+    QUEUE_REQUESTS_MAX, Rejection, system_clock,
+};
+pub use store::Store;

@@ -1,0 +1,261 @@
+//! The RocksDB layout (specs/storage.md) and every read the ledger serves.
+//!
+//! All writes for a group of appends go into one `WriteBatch` written with `sync`, so after
+//! a crash the store holds either the whole group or none of it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, DB};
+use tally_core::Hash;
+use tally_core::entry::{Entry, LeafRecord};
+use tally_core::merkle::NodeReader;
+use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, hash_up, node_base};
+
+use crate::error::LedgerError;
+
+pub(crate) const CF_ENTRIES: &str = "entries";
+pub(crate) const CF_LEAVES: &str = "leaves";
+pub(crate) const CF_HASHES: &str = "hashes";
+pub(crate) const CF_CHECKPOINTS: &str = "checkpoints";
+pub(crate) const CF_DEDUP: &str = "dedup";
+pub(crate) const CF_HISTORY: &str = "history";
+pub(crate) const CF_META: &str = "meta";
+const COLUMN_FAMILIES: [&str; 7] = [CF_ENTRIES, CF_LEAVES, CF_HASHES, CF_CHECKPOINTS, CF_DEDUP, CF_HISTORY, CF_META];
+
+/// `meta` key holding the tree size (u64 big-endian), written in every append batch.
+pub(crate) const META_SIZE: &[u8] = b"size";
+
+pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// `hashes` key: tree height (a multiple of 8) and index, big-endian so a tile is one range.
+pub(crate) fn hash_key(level: u8, index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = level;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// `history` key: party key id then sequence number, so a party's history is one range.
+pub(crate) fn history_key(party: &[u8; 8], seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(party);
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn be_u64(bytes: &[u8], what: &str) -> Result<u64, LedgerError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| LedgerError::Corrupted(format!("{what} is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// The RocksDB database and typed reads over it. Cheap to clone; safe to share.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // Checksums on every read make a flipped byte an error rather than a wrong answer.
+        db_opts.set_paranoid_checks(true);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf = Options::default();
+            let mut table = BlockBasedOptions::default();
+            if *name == CF_DEDUP {
+                // Dedup lookups are mostly misses: a bloom filter answers them without I/O.
+                table.set_bloom_filter(10.0, false);
+            }
+            cf.set_block_based_table_factory(&table);
+            cf.set_compression_type(DBCompressionType::Zstd);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created on open")
+    }
+
+    pub(crate) fn batch_put(&self, batch: &mut WriteBatch, cf: &str, key: &[u8], value: &[u8]) {
+        batch.put_cf(self.cf(cf), key, value);
+    }
+
+    /// Write a batch durably (fsync of the write-ahead log before returning).
+    pub(crate) fn write_synced(&self, batch: WriteBatch) -> Result<(), LedgerError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// The tree size recorded by the last committed batch.
+    pub fn stored_size(&self) -> Result<u64, LedgerError> {
+        match self.db.get_cf(self.cf(CF_META), META_SIZE)? {
+            None => Ok(0),
+            Some(v) => be_u64(&v, "meta size"),
+        }
+    }
+
+    /// The last key of a sequence-keyed column family, if any.
+    pub(crate) fn last_seq(&self, cf: &str) -> Result<Option<u64>, LedgerError> {
+        match self.db.iterator_cf(self.cf(cf), IteratorMode::End).next() {
+            None => Ok(None),
+            Some(item) => Ok(Some(be_u64(&item?.0, cf)?)),
+        }
+    }
+
+    /// The full entry at `seq`.
+    pub fn entry(&self, seq: u64) -> Result<Option<Entry>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_ENTRIES), seq_key(seq))? {
+            None => Ok(None),
+            Some(bytes) => Entry::decode(&bytes)
+                .map(Some)
+                .map_err(|e| LedgerError::Corrupted(format!("entry {seq} does not decode: {e}"))),
+        }
+    }
+
+    /// The raw bytes of the entry at `seq`.
+    pub fn entry_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self.db.get_cf(self.cf(CF_ENTRIES), seq_key(seq))?)
+    }
+
+    /// The public leaf record at `seq`.
+    pub fn leaf(&self, seq: u64) -> Result<Option<LeafRecord>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_LEAVES), seq_key(seq))? {
+            None => Ok(None),
+            Some(bytes) => LeafRecord::decode(&bytes)
+                .map(Some)
+                .map_err(|e| LedgerError::Corrupted(format!("leaf {seq} does not decode: {e}"))),
+        }
+    }
+
+    /// Leaf records `[start, end)`, encoded, in order.
+    pub fn leaf_records(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let iter = self.db.iterator_cf(self.cf(CF_LEAVES), IteratorMode::From(&seq_key(start), Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            let seq = be_u64(&k, "leaf key")?;
+            if seq >= end {
+                break;
+            }
+            if seq != start + out.len() as u64 {
+                return Err(LedgerError::Corrupted(format!("leaf {} is missing", start + out.len() as u64)));
+            }
+            out.push(v.to_vec());
+        }
+        if out.len() as u64 != end - start {
+            return Err(LedgerError::Corrupted(format!("leaves {start}..{end} are incomplete")));
+        }
+        Ok(out)
+    }
+
+    /// Stored hashes at tile height `level` (a multiple of 8), indices `[start, start + count)`.
+    pub(crate) fn stored_hashes(&self, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, LedgerError> {
+        debug_assert_eq!(level % TILE_HEIGHT, 0);
+        let mut out = Vec::with_capacity(count as usize);
+        let from = hash_key(level, start);
+        let iter = self.db.iterator_cf(self.cf(CF_HASHES), IteratorMode::From(&from, Direction::Forward));
+        for item in iter.take(count as usize) {
+            let (k, v) = item?;
+            let want = hash_key(level, start + out.len() as u64);
+            if *k != want {
+                return Err(LedgerError::Corrupted(format!("hash {level}/{} is missing", start + out.len() as u64)));
+            }
+            out.push(v.as_ref().try_into().map_err(|_| LedgerError::Corrupted("hash is not 32 bytes".into()))?);
+        }
+        if out.len() as u64 != count {
+            return Err(LedgerError::Corrupted(format!("hashes {level}/{start}+{count} are incomplete")));
+        }
+        Ok(out)
+    }
+
+    /// The bytes of tile `index` at tile level `level` with `width` hashes.
+    pub fn tile(&self, level: u8, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+        let hashes = self.stored_hashes(level * TILE_HEIGHT, index * TILE_WIDTH, u64::from(width))?;
+        Ok(hashes.concat())
+    }
+
+    /// An entry bundle: leaf records of tile `index`, each behind a big-endian u16 length.
+    pub fn entry_bundle(&self, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+        let start = index * TILE_WIDTH;
+        let records = self.leaf_records(start, start + u64::from(width))?;
+        let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 2).sum());
+        for r in records {
+            let len = u16::try_from(r.len()).map_err(|_| LedgerError::Corrupted("leaf record too long".into()))?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&r);
+        }
+        Ok(out)
+    }
+
+    /// The sequence number a receipt id was first appended at.
+    pub fn dedup(&self, receipt_id: &Hash) -> Result<Option<u64>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_DEDUP), receipt_id)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(be_u64(&v, "dedup value")?)),
+        }
+    }
+
+    /// Sequence numbers of entries involving `party` (a key id), from `from`, at most `limit`.
+    pub fn history(&self, party: &[u8; 8], from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
+        let start = history_key(party, from);
+        let iter = self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, _) = item?;
+            if k.len() != 16 || k[..8] != party[..] || out.len() == limit {
+                break;
+            }
+            out.push(be_u64(&k[8..], "history key")?);
+        }
+        Ok(out)
+    }
+
+    /// The signed checkpoint note stored for exactly `size`.
+    pub fn checkpoint_at(&self, size: u64) -> Result<Option<String>, LedgerError> {
+        self.db
+            .get_cf(self.cf(CF_CHECKPOINTS), seq_key(size))?
+            .map(|v| String::from_utf8(v).map_err(|_| LedgerError::Corrupted(format!("checkpoint {size} is not UTF-8"))))
+            .transpose()
+    }
+
+    /// The newest signed checkpoint note and its size.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, LedgerError> {
+        match self.last_seq(CF_CHECKPOINTS)? {
+            None => Ok(None),
+            Some(size) => Ok(self.checkpoint_at(size)?.map(|note| (size, note))),
+        }
+    }
+
+    /// Flush memtables and compact everything; used before measuring size on disk.
+    pub fn compact(&self) -> Result<(), LedgerError> {
+        self.db.flush()?;
+        for name in COLUMN_FAMILIES {
+            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+}
+
+impl NodeReader for Store {
+    type Error = LedgerError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let (base, first, count) = node_base(level, index);
+        Ok(hash_up(self.stored_hashes(base, first, count)?))
+    }
+}

@@ -1,0 +1,181 @@
+//! The durable ledger through its public API: genesis rules, idempotent receipts, recovery,
+//! checkpoints, proofs and tiles checked the way an outside client would check them.
+
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use tally_core::checkpoint::open_checkpoint;
+use tally_core::entry::LeafRecord;
+use tally_core::merkle::{self, MemoryTree, NodeReader};
+use tally_core::tile::{TileNodes, tile_width};
+use tally_ledger::{Ledger, LedgerConfig, LedgerError, Outcome, Rejection};
+use tally_tests::*;
+
+fn config() -> LedgerConfig {
+    let mut c = LedgerConfig::new(Some(collective_key()));
+    c.checkpoint_interval_ms = 0;
+    c
+}
+
+fn appended(outcomes: &[Outcome]) -> Vec<u64> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Appended(p) => p.seq,
+            other => panic!("expected an append, got {other:?}"),
+        })
+        .collect()
+}
+
+/// The first entry must be genesis, and there is only ever one genesis.
+#[test]
+fn genesis_comes_first_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), config()).unwrap();
+    let r = verified(receipt(&lab_key(1), 1, 1, [1; 16]));
+    assert_eq!(ledger.append_blocking(vec![r.clone()]).unwrap(), vec![Outcome::Rejected(Rejection::GenesisRequired)]);
+    assert_eq!(ledger.size(), 0);
+    let g = verified(genesis(&collective_key()));
+    let out = ledger.append_blocking(vec![g.clone(), r]).unwrap();
+    assert_eq!(appended(&out), vec![0, 1]);
+    assert_eq!(ledger.append_blocking(vec![g]).unwrap(), vec![Outcome::Rejected(Rejection::GenesisExists)]);
+    assert_eq!(ledger.size(), 2);
+    assert_eq!(ledger.genesis().unwrap().origin, ORIGIN);
+}
+
+/// A receipt sent twice, in one call or in two, is appended once; the retry is answered
+/// with the original position.
+#[test]
+fn receipts_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), config()).unwrap();
+    ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
+    let r = verified(receipt(&lab_key(1), 1, 9, [9; 16]));
+    let out = ledger.append_blocking(vec![r.clone(), r.clone()]).unwrap();
+    let Outcome::Appended(first) = out[0] else { panic!("first is appended: {out:?}") };
+    assert_eq!(out[1], Outcome::Duplicate(first));
+    let again = ledger.append_blocking(vec![r]).unwrap();
+    assert_eq!(again, vec![Outcome::Duplicate(first)]);
+    assert_eq!(ledger.size(), 2);
+    // The same nonce from another lab is a different receipt.
+    let other = verified(receipt(&lab_key(2), 2, 9, [9; 16]));
+    assert_eq!(appended(&ledger.append_blocking(vec![other]).unwrap()), vec![2]);
+}
+
+/// After many appends and a reopen, the checkpoint verifies under the pinned key, every
+/// entry is included under it, its leaf record matches the entry, and tiles and entry
+/// bundles fetched from the store rebuild the same root.
+#[test]
+fn reopened_ledger_serves_verifiable_checkpoint_proofs_and_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 701u64;
+    {
+        let ledger = Ledger::open(dir.path(), config()).unwrap();
+        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
+        let lab = lab_key(1);
+        let mut rng = rand::thread_rng();
+        for _ in 0..(n - 1) / 100 {
+            let batch = (0..100).map(|_| verified(random_receipt(&lab, &mut rng))).collect();
+            ledger.append_blocking(batch).unwrap();
+        }
+        ledger.shutdown();
+    }
+    let ledger = Ledger::open(dir.path(), config()).unwrap();
+    assert_eq!(ledger.size(), n);
+    let (size, note) = ledger.latest_checkpoint().unwrap();
+    assert_eq!(size, n);
+    let key = collective_key().public_key();
+    let cp = open_checkpoint(&note, ORIGIN, &key).unwrap();
+    let store = ledger.store();
+    let mut times = Vec::new();
+    for seq in 0..n {
+        let entry = store.entry(seq).unwrap().unwrap();
+        let leaf = store.leaf(seq).unwrap().unwrap();
+        assert!(leaf.matches(&entry), "leaf {seq} describes its entry");
+        times.push(leaf.time_ms);
+        let proof = ledger.inclusion_proof(seq, cp.size).unwrap();
+        merkle::verify_inclusion(&leaf.leaf_hash(), seq, cp.size, &proof, &cp.root).unwrap();
+    }
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "sequencer time never decreases");
+    // Tiles, as a tlog client would fetch them, rebuild the checkpoint root.
+    let mut tiles = TileNodes::new();
+    for level in 0..2u8 {
+        for index in 0.. {
+            let width = tile_width(level, index, n);
+            if width == 0 {
+                break;
+            }
+            tiles.insert(level, index, &store.tile(level, index, width).unwrap()).unwrap();
+        }
+    }
+    assert_eq!(merkle::root_at(&tiles, n).unwrap(), cp.root);
+    // Entry bundles hold leaf records that hash to the level-0 tile.
+    let bundle = store.entry_bundle(2, tile_width(0, 2, n)).unwrap();
+    let mut at = 0;
+    let mut i = 512u64;
+    while at < bundle.len() {
+        let len = usize::from(u16::from_be_bytes([bundle[at], bundle[at + 1]]));
+        let record = LeafRecord::decode(&bundle[at + 2..at + 2 + len]).unwrap();
+        assert_eq!(record.seq, i);
+        assert_eq!(tally_core::merkle::leaf_hash(&bundle[at + 2..at + 2 + len]), tiles.node(0, i).unwrap());
+        at += 2 + len;
+        i += 1;
+    }
+    assert_eq!(i, n);
+}
+
+/// A ledger refuses to run with a key other than its genesis collective key.
+#[test]
+fn wrong_signing_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = Ledger::open(dir.path(), config()).unwrap();
+        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
+    }
+    let err = Ledger::open(dir.path(), LedgerConfig::new(Some(lab_key(9)))).unwrap_err();
+    assert!(matches!(err, LedgerError::WrongSigningKey), "{err}");
+    let read_only = Ledger::open(dir.path(), LedgerConfig::new(None)).unwrap();
+    assert_eq!(read_only.size(), 1);
+    assert!(matches!(read_only.append_blocking(vec![]), Err(LedgerError::Closed)));
+}
+
+/// A ledger of 3,000 receipts, built once and shared by the property test below.
+fn shared_ledger() -> &'static (tempfile::TempDir, Ledger, MemoryTree) {
+    static LEDGER: OnceLock<(tempfile::TempDir, Ledger, MemoryTree)> = OnceLock::new();
+    LEDGER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), config()).unwrap();
+        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
+        let lab = lab_key(3);
+        let mut rng = rand::thread_rng();
+        for _ in 0..3 {
+            let batch = (0..1000).map(|_| verified(random_receipt(&lab, &mut rng))).collect();
+            ledger.append_blocking(batch).unwrap();
+        }
+        let mut tree = MemoryTree::new();
+        for seq in 0..ledger.size() {
+            tree.push(ledger.store().leaf(seq).unwrap().unwrap().leaf_hash());
+        }
+        (dir, ledger, tree)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// For random sizes and indices, the store's roots and proofs equal those of an
+    /// in-memory tree of the same leaves, and verify.
+    #[test]
+    fn store_roots_and_proofs_agree_with_memory(size in 1u64..=3001, index_seed in any::<u64>(), size1_seed in any::<u64>()) {
+        let (_, ledger, tree) = shared_ledger();
+        let index = index_seed % size;
+        let size1 = 1 + size1_seed % size;
+        let root = merkle::root_at(ledger.store(), size).unwrap();
+        prop_assert_eq!(root, merkle::root_at(tree, size).unwrap());
+        let proof = ledger.inclusion_proof(index, size).unwrap();
+        prop_assert_eq!(&proof, &merkle::inclusion_proof(tree, index, size).unwrap());
+        prop_assert!(merkle::verify_inclusion(&tree.node(0, index).unwrap(), index, size, &proof, &root).is_ok());
+        let cproof = ledger.consistency_proof(size1, size).unwrap();
+        let root1 = merkle::root_at(tree, size1).unwrap();
+        prop_assert!(merkle::verify_consistency(size1, size, &root1, &root, &cproof).is_ok());
+    }
+}
