@@ -117,5 +117,10 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
         signed.push((cp.size, cp.root));
         ledger.shutdown();
     }
+    eprintln!(
+        "crash test: {rounds} SIGKILL rounds, {} receipts acknowledged, {} checkpoints cross-checked",
+        acked.len(),
+        signed.len()
+    );
     assert!(acked.len() > rounds, "the child acknowledged work in most rounds ({} acks)", acked.len());
 }

@@ -105,12 +105,12 @@ fn reopened_ledger_serves_verifiable_checkpoint_proofs_and_tiles() {
             if width == 0 {
                 break;
             }
-            tiles.insert(level, index, &store.tile(level, index, width).unwrap()).unwrap();
+            tiles.insert(level, index, &ledger.tile(level, index, width).unwrap()).unwrap();
         }
     }
     assert_eq!(merkle::root_at(&tiles, n).unwrap(), cp.root);
     // Entry bundles hold leaf records that hash to the level-0 tile.
-    let bundle = store.entry_bundle(2, tile_width(0, 2, n)).unwrap();
+    let bundle = ledger.entry_bundle(2, tile_width(0, 2, n)).unwrap();
     let mut at = 0;
     let mut i = 512u64;
     while at < bundle.len() {
@@ -122,6 +122,34 @@ fn reopened_ledger_serves_verifiable_checkpoint_proofs_and_tiles() {
         i += 1;
     }
     assert_eq!(i, n);
+}
+
+/// Requests for tiles, bundles and proofs the committed tree does not have are typed
+/// errors, never panics or "corrupted" (a node serves these straight from request paths).
+#[test]
+fn requests_outside_the_tree_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), config()).unwrap();
+    ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
+    let lab = lab_key(1);
+    let mut rng = rand::thread_rng();
+    ledger.append_blocking((0..299).map(|_| verified(random_receipt(&lab, &mut rng))).collect()).unwrap();
+    assert_eq!(ledger.size(), 300);
+    assert_eq!(ledger.tile(0, 0, 256).unwrap().len(), 8192);
+    assert_eq!(ledger.tile(0, 1, 44).unwrap().len(), 44 * 32);
+    assert_eq!(ledger.tile(1, 0, 1).unwrap().len(), 32);
+    for (level, index, width) in
+        [(0u8, 1u64, 45u16), (0, 2, 1), (0, 0, 0), (1, 0, 2), (2, 0, 1), (63, 0, 1), (0, u64::MAX, 1)]
+    {
+        let err = ledger.tile(level, index, width).unwrap_err();
+        assert_eq!(err.code(), "no-such-tile", "{level}/{index}.p/{width}: {err}");
+    }
+    assert_eq!(ledger.entry_bundle(1, 45).unwrap_err().code(), "no-such-tile");
+    assert_eq!(ledger.inclusion_proof(300, 300).unwrap_err().code(), "out-of-range");
+    assert_eq!(ledger.inclusion_proof(0, 301).unwrap_err().code(), "out-of-range");
+    assert_eq!(ledger.consistency_proof(0, 10).unwrap_err().code(), "out-of-range");
+    assert_eq!(ledger.consistency_proof(11, 10).unwrap_err().code(), "out-of-range");
+    assert_eq!(ledger.consistency_proof(10, 301).unwrap_err().code(), "out-of-range");
 }
 
 /// A ledger refuses to run with a key other than its genesis collective key.

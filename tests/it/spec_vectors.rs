@@ -5,7 +5,7 @@
 //! every positive vector and refuses every negative one with the stated code.
 //!
 //! Regenerate (only when the format deliberately changes): `TALLY_WRITE_VECTORS=1 cargo test
-//! -p tally-tests --test it spec_vectors`.
+//! --workspace --test it spec_vectors`.
 
 use std::path::Path;
 
@@ -66,7 +66,11 @@ fn entries() -> Vec<(&'static str, Entry, Value)> {
     });
     vec![
         ("genesis", Entry::sign(&collective, Body::Genesis(genesis)).unwrap(), fields_genesis),
-        ("receipt", Entry::sign(&lab, Body::Receipt(Receipt { core: core.clone(), delivery: None })).unwrap(), receipt_fields(&core)),
+        (
+            "receipt",
+            Entry::sign(&lab, Body::Receipt(Receipt { core: core.clone(), delivery: None })).unwrap(),
+            receipt_fields(&core),
+        ),
         (
             "receipt-with-delivery",
             Entry::sign(&lab, Body::Receipt(Receipt { core: delivered, delivery: Some(delivery) })).unwrap(),
@@ -146,7 +150,12 @@ fn build() -> Value {
         }));
     }
     let collective = SigningKey::from_seed(&COLLECTIVE_SEED);
-    let cp = Checkpoint { origin: "tally.example/collective".into(), size: tree.size(), root: tree.root(), extensions: vec![] };
+    let cp = Checkpoint {
+        origin: "tally.example/collective".into(),
+        size: tree.size(),
+        root: tree.root(),
+        extensions: vec![],
+    };
     let neg: Vec<Value> = negatives(built[0].1.as_bytes(), built[1].1.as_bytes())
         .into_iter()
         .map(|(why, bytes, code)| json!({ "why": why, "entry": hex::encode(bytes), "error_code": code }))

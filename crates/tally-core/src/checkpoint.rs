@@ -71,11 +71,8 @@ impl Checkpoint {
 
     /// Parse a checkpoint body strictly (no leading zeros, exact base64, 32-byte root).
     pub fn parse_body(text: &str) -> Result<Self, NoteError> {
-        let lines: Vec<&str> = text
-            .strip_suffix('\n')
-            .ok_or(NoteError::BadBody("must end in a newline"))?
-            .split('\n')
-            .collect();
+        let lines: Vec<&str> =
+            text.strip_suffix('\n').ok_or(NoteError::BadBody("must end in a newline"))?.split('\n').collect();
         if lines.len() < 3 || lines.iter().any(|l| l.is_empty()) {
             return Err(NoteError::BadBody("needs three or more non-empty lines"));
         }
@@ -139,8 +136,10 @@ pub fn parse_note(note: &str) -> Result<Note<'_>, NoteError> {
         if signatures.len() == NOTE_SIGNATURES_MAX {
             return Err(NoteError::Malformed("too many signatures"));
         }
-        let rest = line.strip_prefix("\u{2014} ").ok_or(NoteError::Malformed("signature line must start with an em dash"))?;
-        let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed("signature line needs a name and a signature"))?;
+        let rest =
+            line.strip_prefix("\u{2014} ").ok_or(NoteError::Malformed("signature line must start with an em dash"))?;
+        let (name, b64) =
+            rest.split_once(' ').ok_or(NoteError::Malformed("signature line needs a name and a signature"))?;
         if check_note_name(name).is_err() {
             return Err(NoteError::Malformed("bad key name"));
         }
@@ -167,7 +166,8 @@ pub fn open_note<'a>(note: &'a str, name: &str, key: &PublicKey) -> Result<&'a s
         .iter()
         .find(|s| s.name == name && s.key_id == id)
         .ok_or_else(|| NoteError::NoSignature(name.to_string()))?;
-    let sig_bytes: [u8; 64] = sig.signature.as_slice().try_into().map_err(|_| NoteError::BadSignature(name.to_string()))?;
+    let sig_bytes: [u8; 64] =
+        sig.signature.as_slice().try_into().map_err(|_| NoteError::BadSignature(name.to_string()))?;
     sig::verify(key, &[parsed.text.as_bytes()], &sig_bytes).map_err(|_| NoteError::BadSignature(name.to_string()))?;
     Ok(parsed.text)
 }

@@ -373,9 +373,13 @@ impl EntryError {
     pub fn code(&self) -> &'static str {
         match self {
             EntryError::Codec(e) => e.code(),
-            EntryError::AuthorSignature(SignatureError::KeyEncoding | SignatureError::KeySmallOrder | SignatureError::KeyTorsion) => "bad-author-key",
+            EntryError::AuthorSignature(
+                SignatureError::KeyEncoding | SignatureError::KeySmallOrder | SignatureError::KeyTorsion,
+            ) => "bad-author-key",
             EntryError::AuthorSignature(_) => "bad-signature",
-            EntryError::DeliverySignature(SignatureError::KeyEncoding | SignatureError::KeySmallOrder | SignatureError::KeyTorsion) => "bad-publisher-key",
+            EntryError::DeliverySignature(
+                SignatureError::KeyEncoding | SignatureError::KeySmallOrder | SignatureError::KeyTorsion,
+            ) => "bad-publisher-key",
             EntryError::DeliverySignature(_) => "bad-delivery-signature",
         }
     }
@@ -447,20 +451,13 @@ pub fn verify_entries(entries: &[Entry]) -> Vec<Result<(), EntryError>> {
         }
     }
     let parts: Vec<[&[u8]; 2]> = checks.iter().map(|c| [c.domain, c.message.as_ref()]).collect();
-    let items: Vec<BatchItem<'_>> = checks
-        .iter()
-        .zip(&parts)
-        .map(|(c, p)| BatchItem { key: &c.key, message: p, signature: c.signature })
-        .collect();
+    let items: Vec<BatchItem<'_>> =
+        checks.iter().zip(&parts).map(|(c, p)| BatchItem { key: &c.key, message: p, signature: c.signature }).collect();
     for (check, outcome) in checks.iter().zip(sig::verify_batch(&items)) {
-        if let Err(err) = outcome {
-            if results[check.entry].is_ok() {
-                results[check.entry] = Err(if check.delivery {
-                    EntryError::DeliverySignature(err)
-                } else {
-                    EntryError::AuthorSignature(err)
-                });
-            }
+        // The first failure found for an entry is the one reported.
+        if let (Err(err), true) = (outcome, results[check.entry].is_ok()) {
+            results[check.entry] =
+                Err(if check.delivery { EntryError::DeliverySignature(err) } else { EntryError::AuthorSignature(err) });
         }
     }
     results
@@ -597,6 +594,29 @@ mod tests {
         };
         r.core.usage = Usage::AiAll;
         assert!(matches!(Entry::sign(&key, Body::Receipt(r)), Err(CodecError::Invalid { field: "usage", .. })));
+    }
+
+    proptest::proptest! {
+        /// Decoding never panics, and whatever it accepts is canonical: the body re-encodes
+        /// to exactly the bytes that were decoded. Inputs are valid receipts with one to
+        /// four bytes changed, truncated or extended.
+        #[test]
+        fn decode_accepts_only_canonical_bytes(edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..4), cut in proptest::prelude::any::<u8>(), extra in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3)) {
+            let key = SigningKey::from_seed(&[1; 32]);
+            let mut bytes = receipt(&key, "https://news.example/a/1").as_bytes().to_vec();
+            for (at, value) in edits {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            if cut % 4 == 0 {
+                bytes.truncate(bytes.len() - usize::from(cut % 16));
+            }
+            bytes.extend(extra);
+            if let Ok(entry) = Entry::decode(&bytes) {
+                proptest::prop_assert_eq!(entry.body().encode(), entry.body_bytes().to_vec());
+                proptest::prop_assert_eq!(entry.as_bytes(), &bytes[..]);
+            }
+        }
     }
 
     /// A tampered delivery countersignature is caught and named.

@@ -107,8 +107,7 @@ struct ParsedSignature {
 fn parse_signature(sig: &SignatureBytes) -> Result<ParsedSignature, SignatureError> {
     let r_bytes: [u8; 32] = sig[..32].try_into().expect("64-byte signature");
     let s_bytes: [u8; 32] = sig[32..].try_into().expect("64-byte signature");
-    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
-        .ok_or(SignatureError::SNonCanonical)?;
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)).ok_or(SignatureError::SNonCanonical)?;
     let r = canonical_point(&r_bytes).ok_or(SignatureError::REncoding)?;
     if r.is_small_order() {
         return Err(SignatureError::RSmallOrder);
@@ -130,20 +129,12 @@ fn challenge(sig: &SignatureBytes, key: &PublicKey, message: &[&[u8]]) -> Scalar
 
 /// Tally's signature-acceptance rule (see the module docs). `message` is the concatenation
 /// of its parts. This is the only definition; [`verify_batch`] agrees with it.
-pub fn verify(
-    key: &PublicKey,
-    message: &[&[u8]],
-    sig: &SignatureBytes,
-) -> Result<(), SignatureError> {
+pub fn verify(key: &PublicKey, message: &[&[u8]], sig: &SignatureBytes) -> Result<(), SignatureError> {
     let parsed = parse_signature(sig)?;
     let k = challenge(sig, key, message);
     // [S]B - [k]A - R, then times the cofactor.
     let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.point, &parsed.s);
-    if (sb_minus_ka - parsed.r).mul_by_cofactor().is_identity() {
-        Ok(())
-    } else {
-        Err(SignatureError::Equation)
-    }
+    if (sb_minus_ka - parsed.r).mul_by_cofactor().is_identity() { Ok(()) } else { Err(SignatureError::Equation) }
 }
 
 /// One signature to check in a batch.
@@ -207,9 +198,7 @@ fn batch_equation_holds(
         points.push(items[*i].key.point);
     }
     scalars[0] = b_coefficient;
-    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
-        .mul_by_cofactor()
-        .is_identity()
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points).mul_by_cofactor().is_identity()
 }
 
 /// A signing key. Holds the secret; never printed.
@@ -265,18 +254,12 @@ mod tests {
         let sig = key.sign(&[b"tally/test/v1\0", b"body"]);
         assert_eq!(verify(&public, &[b"tally/test/v1\0", b"body"], &sig), Ok(()));
         assert_eq!(verify(&public, &[b"tally/test/v1\0body"], &sig), Ok(()));
-        assert_eq!(
-            verify(&public, &[b"tally/test/v1\0", b"bodY"], &sig),
-            Err(SignatureError::Equation)
-        );
+        assert_eq!(verify(&public, &[b"tally/test/v1\0", b"bodY"], &sig), Err(SignatureError::Equation));
         let mut bad = sig;
         bad[10] ^= 1;
         assert!(verify(&public, &[b"tally/test/v1\0body"], &bad).is_err());
         let other = SigningKey::from_seed(&[8u8; 32]).public_key();
-        assert_eq!(
-            verify(&other, &[b"tally/test/v1\0body"], &sig),
-            Err(SignatureError::Equation)
-        );
+        assert_eq!(verify(&other, &[b"tally/test/v1\0body"], &sig), Err(SignatureError::Equation));
     }
 
     /// A batch with some bad signatures reports exactly the bad ones, matching `verify`.
@@ -285,15 +268,13 @@ mod tests {
         let keys: Vec<SigningKey> = (0..150u8).map(|i| SigningKey::from_seed(&[i; 32])).collect();
         let publics: Vec<PublicKey> = keys.iter().map(SigningKey::public_key).collect();
         let messages: Vec<Vec<u8>> = (0..150u32).map(|i| i.to_le_bytes().to_vec()).collect();
-        let mut sigs: Vec<SignatureBytes> =
-            keys.iter().zip(&messages).map(|(k, m)| k.sign(&[m])).collect();
+        let mut sigs: Vec<SignatureBytes> = keys.iter().zip(&messages).map(|(k, m)| k.sign(&[m])).collect();
         sigs[3][40] ^= 1; // equation fails
         sigs[77][63] |= 0xf0; // S not canonical
         sigs[140][5] ^= 4; // R changes
         let parts: Vec<[&[u8]; 1]> = messages.iter().map(|m| [m.as_slice()]).collect();
-        let items: Vec<BatchItem<'_>> = (0..150)
-            .map(|i| BatchItem { key: &publics[i], message: &parts[i], signature: &sigs[i] })
-            .collect();
+        let items: Vec<BatchItem<'_>> =
+            (0..150).map(|i| BatchItem { key: &publics[i], message: &parts[i], signature: &sigs[i] }).collect();
         let got = verify_batch(&items);
         for (i, item) in items.iter().enumerate() {
             assert_eq!(got[i], verify(item.key, item.message, item.signature), "item {i}");

@@ -111,11 +111,7 @@ pub fn tile_width(level: u8, index: u64, size: u64) -> u16 {
     let shift = u32::from(level) * u32::from(TILE_HEIGHT);
     let hashes = if shift >= 64 { 0 } else { size >> shift };
     let start = index.saturating_mul(TILE_WIDTH);
-    if hashes <= start {
-        0
-    } else {
-        (hashes - start).min(TILE_WIDTH) as u16
-    }
+    if hashes <= start { 0 } else { (hashes - start).min(TILE_WIDTH) as u16 }
 }
 
 /// Hash a power-of-two run of sibling hashes up to their common root.
@@ -157,7 +153,7 @@ impl TileNodes {
 
     /// Add a tile's bytes (a multiple of 32 bytes, at most 256 hashes).
     pub fn insert(&mut self, level: u8, index: u64, bytes: &[u8]) -> Result<(), &'static str> {
-        if bytes.is_empty() || bytes.len() % 32 != 0 || bytes.len() > TILE_BYTES {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(32) || bytes.len() > TILE_BYTES {
             return Err("a tile is 1 to 256 hashes of 32 bytes");
         }
         let hashes = bytes.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunk")).collect();
@@ -197,7 +193,16 @@ mod tests {
         let e = TilePath::Entries { index: 3, width: 256 };
         assert_eq!(e.render(), "tile/entries/003");
         assert_eq!(TilePath::parse("tile/entries/003"), Some(e));
-        for bad in ["tile/01/000", "tile/0/5", "tile/0/x000/005", "tile/0/000.p/0", "tile/0/000.p/256", "tile/0/000.p/07", "tile/64/000", "tile/0/x1/000"] {
+        for bad in [
+            "tile/01/000",
+            "tile/0/5",
+            "tile/0/x000/005",
+            "tile/0/000.p/0",
+            "tile/0/000.p/256",
+            "tile/0/000.p/07",
+            "tile/64/000",
+            "tile/0/x1/000",
+        ] {
             assert_eq!(TilePath::parse(bad), None, "{bad}");
         }
     }
@@ -230,9 +235,8 @@ mod tests {
                 if width == 0 {
                     break;
                 }
-                let bytes: Vec<u8> = (0..u64::from(width))
-                    .flat_map(|i| t.node(level * 8, index * 256 + i).unwrap())
-                    .collect();
+                let bytes: Vec<u8> =
+                    (0..u64::from(width)).flat_map(|i| t.node(level * 8, index * 256 + i).unwrap()).collect();
                 nodes.insert(level, index, &bytes).unwrap();
             }
         }

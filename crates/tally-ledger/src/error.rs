@@ -18,6 +18,12 @@ pub enum LedgerError {
     /// The sequencer has stopped (shutdown or a fatal storage error).
     #[error("the ledger is closed")]
     Closed,
+    /// A proof was asked for positions or sizes outside the committed tree.
+    #[error("no proof for {first}..{second}: the committed tree has {committed} entries")]
+    OutOfRange { first: u64, second: u64, committed: u64 },
+    /// A tile or entry bundle that the committed tree does not have (yet).
+    #[error("tile {level}/{index} of width {width} does not exist at tree size {committed}")]
+    NoSuchTile { level: u8, index: u64, width: u16, committed: u64 },
     /// Too many entries in one append call.
     #[error("{len} entries in one append is over the limit of {max}")]
     TooManyEntries { len: usize, max: usize },
@@ -32,6 +38,8 @@ impl LedgerError {
             LedgerError::WrongSigningKey => "wrong-signing-key",
             LedgerError::Busy => "busy",
             LedgerError::Closed => "closed",
+            LedgerError::OutOfRange { .. } => "out-of-range",
+            LedgerError::NoSuchTile { .. } => "no-such-tile",
             LedgerError::TooManyEntries { .. } => "too-many-entries",
         }
     }

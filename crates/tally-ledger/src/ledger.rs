@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,7 +21,7 @@ use tally_core::checkpoint::{Checkpoint, open_checkpoint};
 use tally_core::entry::{Body, Entry, EntryKind, LeafRecord, VerifiedEntry, key_id};
 use tally_core::merkle::{self, Frontier, NodeReader, ProofError};
 use tally_core::sig::{PublicKey, SigningKey};
-use tally_core::tile::TILE_HEIGHT;
+use tally_core::tile::{TILE_HEIGHT, tile_width};
 use tokio::sync::oneshot;
 
 use crate::error::LedgerError;
@@ -34,6 +34,9 @@ pub const GROUP_ENTRIES_MAX: usize = 16384;
 /// Most append calls waiting for the sequencer; past this, appends fail with `Busy`.
 pub const QUEUE_REQUESTS_MAX: usize = 1024;
 const _: () = assert!(ENTRIES_PER_APPEND_MAX <= GROUP_ENTRIES_MAX);
+/// Tile levels that can exist: level 7 holds hashes at height 56; a tree of at most 2^63
+/// leaves has no level 8.
+const TILE_LEVELS: u8 = 8;
 
 /// A clock returning unix milliseconds.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -164,10 +167,10 @@ impl Ledger {
     pub fn open(dir: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
         let store = Store::open(dir)?;
         let recovered = recover(&store)?;
-        if let (Some(key), Some(genesis)) = (&config.signing_key, &recovered.genesis) {
-            if key.public_key() != genesis.collective_key {
-                return Err(LedgerError::WrongSigningKey);
-            }
+        if let (Some(key), Some(genesis)) = (&config.signing_key, &recovered.genesis)
+            && key.public_key() != genesis.collective_key
+        {
+            return Err(LedgerError::WrongSigningKey);
         }
         let published = Arc::new(Published {
             size: AtomicU64::new(recovered.frontier.size()),
@@ -226,7 +229,10 @@ impl Ledger {
         })
     }
 
-    fn enqueue(&self, entries: Vec<VerifiedEntry>) -> Result<oneshot::Receiver<Result<Vec<Outcome>, LedgerError>>, LedgerError> {
+    fn enqueue(
+        &self,
+        entries: Vec<VerifiedEntry>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Outcome>, LedgerError>>, LedgerError> {
         if entries.len() > ENTRIES_PER_APPEND_MAX {
             return Err(LedgerError::TooManyEntries { len: entries.len(), max: ENTRIES_PER_APPEND_MAX });
         }
@@ -255,14 +261,42 @@ impl Ledger {
 
     /// Inclusion proof of leaf `index` in the tree of `size` (at most the committed size).
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
-        assert!(index < size && size <= self.size(), "proof outside the committed tree");
+        let committed = self.size();
+        if index >= size || size > committed {
+            return Err(LedgerError::OutOfRange { first: index, second: size, committed });
+        }
         merkle::inclusion_proof(&self.store, index, size)
     }
 
-    /// Consistency proof between two committed sizes.
+    /// Consistency proof between two committed sizes, `0 < size1 <= size2`.
     pub fn consistency_proof(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, LedgerError> {
-        assert!(size1 <= size2 && size2 <= self.size(), "proof outside the committed tree");
+        let committed = self.size();
+        if size1 == 0 || size1 > size2 || size2 > committed {
+            return Err(LedgerError::OutOfRange { first: size1, second: size2, committed });
+        }
         merkle::consistency_proof(&self.store, size1, size2)
+    }
+
+    /// Tile `index` at tile level `level` with `width` hashes, if the committed tree has it
+    /// (a full tile, or a partial one no wider than the tree allows).
+    pub fn tile(&self, level: u8, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+        self.check_tile(level, index, width)?;
+        self.store.tile(level, index, width)
+    }
+
+    /// Entry bundle `index` (leaf records) with `width` entries, if the committed tree has it.
+    pub fn entry_bundle(&self, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+        self.check_tile(0, index, width)?;
+        self.store.entry_bundle(index, width)
+    }
+
+    fn check_tile(&self, level: u8, index: u64, width: u16) -> Result<(), LedgerError> {
+        let committed = self.size();
+        let available = if level < TILE_LEVELS { tile_width(level, index, committed) } else { 0 };
+        if width == 0 || width > available {
+            return Err(LedgerError::NoSuchTile { level, index, width, committed });
+        }
+        Ok(())
     }
 
     /// Stop accepting appends, let the sequencer finish what is queued, sign a final
@@ -374,10 +408,8 @@ impl Sequencer {
                     Command::Checkpoint(reply) => checkpoint_replies.push(reply),
                 }
                 if entries < GROUP_ENTRIES_MAX {
-                    next = match rx.try_recv() {
-                        Ok(cmd) => Some(cmd),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                    };
+                    // Empty or disconnected: the group is what has arrived so far.
+                    next = rx.try_recv().ok();
                 }
             }
             self.commit_group(appends);
@@ -427,6 +459,8 @@ impl Sequencer {
         self.store.batch_put(&mut group.batch, CF_META, META_SIZE, &size.to_be_bytes());
         let result = match failed {
             Some(e) => Err(e),
+            // Only duplicates and rejections: nothing to make durable.
+            None if size == self.frontier.size() => Ok(()),
             None => self.store.write_synced(group.batch),
         };
         match result {
@@ -481,10 +515,10 @@ impl Sequencer {
             }
         });
         store.batch_put(batch, CF_HISTORY, &history_key(&leaf.author_key_id, seq), &[]);
-        if let Body::Receipt(r) = entry.body() {
-            if let Some(d) = &r.delivery {
-                store.batch_put(batch, CF_HISTORY, &history_key(&key_id(&d.publisher_key), seq), &[]);
-            }
+        if let Body::Receipt(r) = entry.body()
+            && let Some(d) = &r.delivery
+        {
+            store.batch_put(batch, CF_HISTORY, &history_key(&key_id(&d.publisher_key), seq), &[]);
         }
         let position = Position { seq, time_ms: group.time_ms, leaf_hash };
         if let Some(id) = receipt_id {

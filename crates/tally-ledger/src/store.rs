@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+};
 use tally_core::Hash;
 use tally_core::entry::{Entry, LeafRecord};
 use tally_core::merkle::NodeReader;
@@ -145,6 +147,9 @@ impl Store {
 
     /// Leaf records `[start, end)`, encoded, in order.
     pub fn leaf_records(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity((end - start) as usize);
         let iter = self.db.iterator_cf(self.cf(CF_LEAVES), IteratorMode::From(&seq_key(start), Direction::Forward));
         for item in iter {
@@ -184,14 +189,16 @@ impl Store {
         Ok(out)
     }
 
-    /// The bytes of tile `index` at tile level `level` with `width` hashes.
-    pub fn tile(&self, level: u8, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+    /// The bytes of tile `index` at tile level `level` with `width` hashes. The caller
+    /// (`Ledger::tile`) has checked that the tile exists at the committed size.
+    pub(crate) fn tile(&self, level: u8, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
         let hashes = self.stored_hashes(level * TILE_HEIGHT, index * TILE_WIDTH, u64::from(width))?;
         Ok(hashes.concat())
     }
 
     /// An entry bundle: leaf records of tile `index`, each behind a big-endian u16 length.
-    pub fn entry_bundle(&self, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+    /// The caller (`Ledger::entry_bundle`) has checked that it exists at the committed size.
+    pub(crate) fn entry_bundle(&self, index: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
         let start = index * TILE_WIDTH;
         let records = self.leaf_records(start, start + u64::from(width))?;
         let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 2).sum());
@@ -230,7 +237,9 @@ impl Store {
     pub fn checkpoint_at(&self, size: u64) -> Result<Option<String>, LedgerError> {
         self.db
             .get_cf(self.cf(CF_CHECKPOINTS), seq_key(size))?
-            .map(|v| String::from_utf8(v).map_err(|_| LedgerError::Corrupted(format!("checkpoint {size} is not UTF-8"))))
+            .map(|v| {
+                String::from_utf8(v).map_err(|_| LedgerError::Corrupted(format!("checkpoint {size} is not UTF-8")))
+            })
             .transpose()
     }
 
