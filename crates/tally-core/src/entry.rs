@@ -5,6 +5,8 @@
 //! over `"tally/<kind>/v1" || 0x00 || body`, so a signature for one kind can never be
 //! replayed as another. See `specs/encoding.md`.
 
+use std::collections::HashMap;
+
 use bincode::{Decode, Encode};
 use sha2::{Digest, Sha256};
 
@@ -421,8 +423,10 @@ struct SignatureCheck<'a> {
 pub fn verify_entries(entries: &[Entry]) -> Vec<Result<(), EntryError>> {
     let mut results: Vec<Result<(), EntryError>> = vec![Ok(()); entries.len()];
     let mut checks: Vec<SignatureCheck<'_>> = Vec::with_capacity(entries.len());
+    // A lab signs thousands of receipts with one key: decompress each distinct key once.
+    let mut keys: HashMap<&PublicKeyBytes, Result<PublicKey, SignatureError>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
-        match PublicKey::from_bytes(e.author()) {
+        match *keys.entry(e.author()).or_insert_with(|| PublicKey::from_bytes(e.author())) {
             Ok(key) => checks.push(SignatureCheck {
                 entry: i,
                 delivery: false,
