@@ -412,7 +412,17 @@ impl Sequencer {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit_group(appends);
+            if let Err(e) = self.commit_group(appends) {
+                // Fail-stop: after a failed write the state on disk is unknown (a failed
+                // fsync may still have persisted the batch), so continuing from memory could
+                // reuse sequence numbers. Stop; every later append gets `Closed`, and
+                // reopening the ledger recovers from what is actually on disk.
+                eprintln!("tally-ledger: sequencer stopped after a failed write: {e}");
+                for reply in checkpoint_replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
             let forced = !checkpoint_replies.is_empty();
             let result = self.maybe_checkpoint(forced);
             for reply in checkpoint_replies {
@@ -429,9 +439,11 @@ impl Sequencer {
         }
     }
 
-    fn commit_group(&mut self, appends: Vec<(Vec<VerifiedEntry>, AppendReply)>) {
+    /// Commit one group and answer its callers. An error means nothing of the group was
+    /// acknowledged and the sequencer must stop.
+    fn commit_group(&mut self, appends: Vec<(Vec<VerifiedEntry>, AppendReply)>) -> Result<(), LedgerError> {
         if appends.is_empty() {
-            return;
+            return Ok(());
         }
         let mut group = Group {
             batch: WriteBatch::default(),
@@ -442,14 +454,14 @@ impl Sequencer {
         };
         let mut answers = Vec::with_capacity(appends.len());
         let mut failed = None;
-        for (entries, _) in &appends {
+        'requests: for (entries, _) in &appends {
             let mut outcomes = Vec::with_capacity(entries.len());
             for entry in entries {
                 match self.place(&mut group, entry) {
                     Ok(outcome) => outcomes.push(outcome),
                     Err(e) => {
                         failed = Some(e);
-                        break;
+                        break 'requests;
                     }
                 }
             }
@@ -475,12 +487,14 @@ impl Sequencer {
                 for ((_, reply), outcomes) in appends.into_iter().zip(answers) {
                     let _ = reply.send(Ok(outcomes));
                 }
+                Ok(())
             }
             Err(e) => {
-                // Nothing of the group was written; every caller learns it failed.
+                // Nothing of the group is acknowledged; every caller learns it failed.
                 for (_, reply) in appends {
                     let _ = reply.send(Err(e.clone()));
                 }
+                Err(e)
             }
         }
     }
