@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use tally_core::checkpoint::open_checkpoint;
 use tally_core::entry::LeafRecord;
 use tally_core::merkle::{self, MemoryTree, NodeReader};
-use tally_core::tile::{TileNodes, tile_width};
+use tally_core::tile::{TileNodes, parse_entry_bundle, tile_width};
 use tally_ledger::{Ledger, LedgerConfig, LedgerError, Outcome, Rejection};
 use tally_tests::*;
 
@@ -111,14 +111,10 @@ fn reopened_ledger_serves_verifiable_checkpoint_proofs_and_tiles() {
     assert_eq!(merkle::root_at(&tiles, n).unwrap(), cp.root);
     // Entry bundles hold leaf records that hash to the level-0 tile.
     let bundle = ledger.entry_bundle(2, tile_width(0, 2, n)).unwrap();
-    let mut at = 0;
     let mut i = 512u64;
-    while at < bundle.len() {
-        let len = usize::from(u16::from_be_bytes([bundle[at], bundle[at + 1]]));
-        let record = LeafRecord::decode(&bundle[at + 2..at + 2 + len]).unwrap();
-        assert_eq!(record.seq, i);
-        assert_eq!(tally_core::merkle::leaf_hash(&bundle[at + 2..at + 2 + len]), tiles.node(0, i).unwrap());
-        at += 2 + len;
+    for record in parse_entry_bundle(&bundle).unwrap() {
+        assert_eq!(LeafRecord::decode(record).unwrap().seq, i);
+        assert_eq!(tally_core::merkle::leaf_hash(record), tiles.node(0, i).unwrap());
         i += 1;
     }
     assert_eq!(i, n);

@@ -131,6 +131,24 @@ pub fn node_base(level: u8, index: u64) -> (u8, u64, u64) {
     (base, index * span, span)
 }
 
+/// Split an entry bundle into its records (each behind a big-endian u16 length). Bundles
+/// come from a server a client does not trust, so a truncated one is an error, not a panic.
+pub fn parse_entry_bundle(bundle: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
+    let mut records = Vec::new();
+    let mut rest = bundle;
+    while !rest.is_empty() {
+        let [hi, lo, tail @ ..] = rest else { return Err("entry bundle ends inside a length prefix") };
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        if tail.len() < len {
+            return Err("entry bundle ends inside a record");
+        }
+        let (record, next) = tail.split_at(len);
+        records.push(record);
+        rest = next;
+    }
+    Ok(records)
+}
+
 /// Tiles held in memory (fetched by a client), answering node queries for verification.
 #[derive(Debug, Clone, Default)]
 pub struct TileNodes {
@@ -205,6 +223,17 @@ mod tests {
         ] {
             assert_eq!(TilePath::parse(bad), None, "{bad}");
         }
+    }
+
+    /// Bundles split into their records; a bundle cut inside a prefix or a record is refused.
+    #[test]
+    fn entry_bundles() {
+        let bundle = [0u8, 2, b'a', b'b', 0, 0, 0, 1, b'c'];
+        assert_eq!(parse_entry_bundle(&bundle).unwrap(), vec![&b"ab"[..], &b""[..], &b"c"[..]]);
+        assert_eq!(parse_entry_bundle(&[]).unwrap(), Vec::<&[u8]>::new());
+        assert!(parse_entry_bundle(&bundle[..1]).is_err());
+        assert!(parse_entry_bundle(&bundle[..3]).is_err());
+        assert!(parse_entry_bundle(&bundle[..8]).is_err());
     }
 
     /// The spec's example: a tree of 70,000 has 273 full level-0 tiles and a partial of 112,

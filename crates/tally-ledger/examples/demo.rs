@@ -3,7 +3,7 @@
 //! then an outside verifier who trusts nothing but the collective's public key audits the
 //! log from its public tiles, entry bundles and proofs.
 //!
-//! Run: `cargo run -p tally-ledger --example demo [-- --data DIR --receipts N]`
+//! Run: `cargo run --example demo [-- --data DIR --receipts N]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use tally_core::codec::Text;
 use tally_core::entry::{Body, Entry, Genesis, LeafRecord, Receipt, ReceiptCore, Usage, verify_entries};
 use tally_core::merkle::{self, NodeReader};
 use tally_core::sig::SigningKey;
-use tally_core::tile::{TileNodes, tile_width};
+use tally_core::tile::{TileNodes, parse_entry_bundle, tile_width};
 use tally_ledger::{Ledger, LedgerConfig, Outcome};
 
 const ORIGIN: &str = "demo.tally.example/collective";
@@ -156,12 +156,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         let bundle = ledger.entry_bundle(index, width)?;
-        let mut at = 0;
-        while at < bundle.len() {
-            let len = usize::from(u16::from_be_bytes([bundle[at], bundle[at + 1]]));
-            let record = &bundle[at + 2..at + 2 + len];
+        for record in parse_entry_bundle(&bundle)? {
             assert_eq!(merkle::leaf_hash(record), tiles.node(0, records).map_err(|e| e.to_string())?);
-            at += 2 + len;
             records += 1;
         }
     }
