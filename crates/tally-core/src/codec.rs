@@ -130,6 +130,86 @@ impl<'de, Context, const MAX: usize> bincode::BorrowDecode<'de, Context> for Tex
     }
 }
 
+/// A list of at most `MAX` values, encoded as a u16 count and the values. The count is
+/// checked against `MAX` before anything is allocated, so a hostile count cannot make the
+/// decoder reserve memory the entry does not carry.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct List<T, const MAX: usize>(Vec<T>);
+
+impl<T, const MAX: usize> List<T, MAX> {
+    const _FITS_U16: () = assert!(MAX <= u16::MAX as usize);
+
+    pub fn new(items: Vec<T>) -> Result<Self, CodecError> {
+        if items.len() > MAX {
+            return Err(CodecError::TooLarge { len: items.len(), max: MAX });
+        }
+        Ok(Self(items))
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a, T, const MAX: usize> IntoIterator for &'a List<T, MAX> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<T: std::fmt::Debug, const MAX: usize> std::fmt::Debug for List<T, MAX> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<T: Encode, const MAX: usize> Encode for List<T, MAX> {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        let () = Self::_FITS_U16;
+        let len = u16::try_from(self.0.len()).expect("List length is bounded by MAX <= u16::MAX");
+        len.encode(encoder)?;
+        for item in &self.0 {
+            item.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl<Context, T: Decode<Context>, const MAX: usize> Decode<Context> for List<T, MAX> {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let len = usize::from(u16::decode(decoder)?);
+        if len > MAX {
+            return Err(DecodeError::Other("list longer than its field allows"));
+        }
+        let mut items = Vec::with_capacity(len);
+        for _ in 0..len {
+            items.push(T::decode(decoder)?);
+        }
+        Ok(Self(items))
+    }
+}
+impl<'de, Context, T: Decode<Context>, const MAX: usize> bincode::BorrowDecode<'de, Context> for List<T, MAX> {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, DecodeError> {
+        Decode::decode(decoder)
+    }
+}
+
 /// Declares a fieldless enum encoded as one byte with explicit, stable codes; any other
 /// byte fails to decode.
 #[macro_export]
@@ -198,6 +278,18 @@ mod tests {
         assert!(decode_exact::<Text<5>>(&[2, 0, 0xff, 0xfe]).is_err());
         assert_eq!(decode_exact::<Text<5>>(&[1, 0, b'a', 0]), Err(CodecError::TrailingBytes(1)));
         assert!(decode_exact::<Text<5>>(&[3, 0, b'a']).is_err());
+    }
+
+    /// Lists carry a u16 count that is checked against the bound before allocating.
+    #[test]
+    fn lists_are_bounded() {
+        let l = List::<u16, 3>::new(vec![1, 2]).unwrap();
+        let bytes = encode(&l);
+        assert_eq!(bytes, [2, 0, 1, 0, 2, 0]);
+        assert_eq!(decode_exact::<List<u16, 3>>(&bytes).unwrap(), l);
+        assert!(List::<u16, 3>::new(vec![0; 4]).is_err());
+        assert!(decode_exact::<List<u16, 3>>(&[0xff, 0xff, 1, 0]).is_err());
+        assert!(decode_exact::<List<u16, 3>>(&[2, 0, 1, 0]).is_err());
     }
 
     /// Options and booleans accept only the bytes 0 and 1 as their tag.

@@ -11,6 +11,10 @@ use bincode::{Decode, Encode};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{self, CodecError, Text};
+use crate::kinds::{
+    self, Accept, Admit, Claim, ClosePeriod, ContractTerms, Deposit, Dispute, PayoutResult, Register, Remit, Reserve,
+    Resolve, UpdateParticipant,
+};
 use crate::merkle::{self, Hash};
 use crate::sig::{self, BatchItem, PublicKey, PublicKeyBytes, SignatureBytes, SignatureError, SigningKey};
 use crate::u8_enum;
@@ -45,6 +49,19 @@ u8_enum! {
     pub enum EntryKind {
         Genesis = 1 => "genesis",
         Receipt = 2 => "receipt",
+        Admit = 3 => "admit",
+        UpdateParticipant = 4 => "update-participant",
+        Register = 5 => "register",
+        Reserve = 6 => "reserve",
+        Contract = 7 => "contract",
+        Accept = 8 => "accept",
+        Deposit = 9 => "deposit",
+        ClosePeriod = 10 => "close-period",
+        PayoutResult = 11 => "payout-result",
+        Dispute = 12 => "dispute",
+        Resolve = 13 => "resolve",
+        Claim = 14 => "claim",
+        Remit = 15 => "remit",
     }
 }
 
@@ -54,6 +71,19 @@ impl EntryKind {
         match self {
             EntryKind::Genesis => b"tally/genesis/v1\0",
             EntryKind::Receipt => b"tally/receipt/v1\0",
+            EntryKind::Admit => b"tally/admit/v1\0",
+            EntryKind::UpdateParticipant => b"tally/update-participant/v1\0",
+            EntryKind::Register => b"tally/register/v1\0",
+            EntryKind::Reserve => b"tally/reserve/v1\0",
+            EntryKind::Contract => b"tally/contract/v1\0",
+            EntryKind::Accept => b"tally/accept/v1\0",
+            EntryKind::Deposit => b"tally/deposit/v1\0",
+            EntryKind::ClosePeriod => b"tally/close-period/v1\0",
+            EntryKind::PayoutResult => b"tally/payout-result/v1\0",
+            EntryKind::Dispute => b"tally/dispute/v1\0",
+            EntryKind::Resolve => b"tally/resolve/v1\0",
+            EntryKind::Claim => b"tally/claim/v1\0",
+            EntryKind::Remit => b"tally/remit/v1\0",
         }
     }
 }
@@ -136,6 +166,8 @@ pub struct Receipt {
 
 /// Domain for delivery countersignatures.
 pub const DELIVERY_DOMAIN: &[u8] = b"tally/delivery/v1\0";
+/// Domain for the idempotency key of entries other than receipts.
+pub const ENTRY_ID_DOMAIN: &[u8] = b"tally/entry-id/v1\0";
 /// Domain for receipt ids.
 pub const RECEIPT_ID_DOMAIN: &[u8] = b"tally/receipt-id/v1\0";
 
@@ -153,6 +185,42 @@ pub fn receipt_id(lab_key: &PublicKeyBytes, nonce: &[u8; 16]) -> Hash {
 pub enum Body {
     Genesis(Genesis),
     Receipt(Receipt),
+    Admit(Admit),
+    UpdateParticipant(UpdateParticipant),
+    Register(Register),
+    Reserve(Reserve),
+    Contract(ContractTerms),
+    Accept(Accept),
+    Deposit(Deposit),
+    ClosePeriod(ClosePeriod),
+    PayoutResult(PayoutResult),
+    Dispute(Dispute),
+    Resolve(Resolve),
+    Claim(Claim),
+    Remit(Remit),
+}
+
+/// `$m!(Variant, binding)` for every body kind: keeps the per-kind dispatch in one list.
+macro_rules! each_body {
+    ($self:expr, $b:ident => $e:expr) => {
+        match $self {
+            Body::Genesis($b) => $e,
+            Body::Receipt($b) => $e,
+            Body::Admit($b) => $e,
+            Body::UpdateParticipant($b) => $e,
+            Body::Register($b) => $e,
+            Body::Reserve($b) => $e,
+            Body::Contract($b) => $e,
+            Body::Accept($b) => $e,
+            Body::Deposit($b) => $e,
+            Body::ClosePeriod($b) => $e,
+            Body::PayoutResult($b) => $e,
+            Body::Dispute($b) => $e,
+            Body::Resolve($b) => $e,
+            Body::Claim($b) => $e,
+            Body::Remit($b) => $e,
+        }
+    };
 }
 
 impl Body {
@@ -160,20 +228,44 @@ impl Body {
         match self {
             Body::Genesis(_) => EntryKind::Genesis,
             Body::Receipt(_) => EntryKind::Receipt,
+            Body::Admit(_) => EntryKind::Admit,
+            Body::UpdateParticipant(_) => EntryKind::UpdateParticipant,
+            Body::Register(_) => EntryKind::Register,
+            Body::Reserve(_) => EntryKind::Reserve,
+            Body::Contract(_) => EntryKind::Contract,
+            Body::Accept(_) => EntryKind::Accept,
+            Body::Deposit(_) => EntryKind::Deposit,
+            Body::ClosePeriod(_) => EntryKind::ClosePeriod,
+            Body::PayoutResult(_) => EntryKind::PayoutResult,
+            Body::Dispute(_) => EntryKind::Dispute,
+            Body::Resolve(_) => EntryKind::Resolve,
+            Body::Claim(_) => EntryKind::Claim,
+            Body::Remit(_) => EntryKind::Remit,
         }
     }
 
     fn encode(&self) -> Vec<u8> {
-        match self {
-            Body::Genesis(g) => codec::encode(g),
-            Body::Receipt(r) => codec::encode(r),
-        }
+        each_body!(self, b => codec::encode(b))
     }
 
     fn decode(kind: EntryKind, bytes: &[u8]) -> Result<Self, CodecError> {
+        let d = bytes;
         Ok(match kind {
-            EntryKind::Genesis => Body::Genesis(codec::decode_exact(bytes)?),
-            EntryKind::Receipt => Body::Receipt(codec::decode_exact(bytes)?),
+            EntryKind::Genesis => Body::Genesis(codec::decode_exact(d)?),
+            EntryKind::Receipt => Body::Receipt(codec::decode_exact(d)?),
+            EntryKind::Admit => Body::Admit(codec::decode_exact(d)?),
+            EntryKind::UpdateParticipant => Body::UpdateParticipant(codec::decode_exact(d)?),
+            EntryKind::Register => Body::Register(codec::decode_exact(d)?),
+            EntryKind::Reserve => Body::Reserve(codec::decode_exact(d)?),
+            EntryKind::Contract => Body::Contract(codec::decode_exact(d)?),
+            EntryKind::Accept => Body::Accept(codec::decode_exact(d)?),
+            EntryKind::Deposit => Body::Deposit(codec::decode_exact(d)?),
+            EntryKind::ClosePeriod => Body::ClosePeriod(codec::decode_exact(d)?),
+            EntryKind::PayoutResult => Body::PayoutResult(codec::decode_exact(d)?),
+            EntryKind::Dispute => Body::Dispute(codec::decode_exact(d)?),
+            EntryKind::Resolve => Body::Resolve(codec::decode_exact(d)?),
+            EntryKind::Claim => Body::Claim(codec::decode_exact(d)?),
+            EntryKind::Remit => Body::Remit(codec::decode_exact(d)?),
         })
     }
 
@@ -182,6 +274,17 @@ impl Body {
         match self {
             Body::Genesis(g) => validate_genesis(g, author),
             Body::Receipt(r) => validate_receipt(r),
+            Body::Admit(a) => kinds::validate_admit(a),
+            Body::UpdateParticipant(u) => kinds::validate_update(u),
+            Body::Register(r) => kinds::validate_register(r),
+            Body::Reserve(r) => kinds::validate_reserve(r),
+            Body::Contract(t) => kinds::check_terms(t),
+            Body::Accept(_) | Body::Dispute(_) | Body::Resolve(_) => Ok(()),
+            Body::Deposit(d) => kinds::validate_deposit(d),
+            Body::ClosePeriod(c) => kinds::validate_close(c),
+            Body::PayoutResult(p) => kinds::validate_payout(p),
+            Body::Claim(c) => kinds::validate_claim(c),
+            Body::Remit(r) => kinds::validate_remit(r),
         }
     }
 }
@@ -349,6 +452,24 @@ impl Entry {
             Body::Receipt(r) => Some(receipt_id(self.author(), &r.core.nonce)),
             _ => None,
         }
+    }
+
+    /// The idempotency key: an entry submitted again is answered with the original.
+    /// For a receipt it is the receipt id; for any other kind it is
+    /// `SHA-256("tally/entry-id/v1" || 0x00 || kind || author || body)`. The signature is
+    /// left out on purpose: under the cofactored rule anyone can turn one valid signature
+    /// into another (by adding a small-order point to R), and that must not let a replayed
+    /// deposit count twice.
+    pub fn dedup_id(&self) -> Hash {
+        if let Some(id) = self.receipt_id() {
+            return id;
+        }
+        let mut h = Sha256::new();
+        h.update(ENTRY_ID_DOMAIN);
+        h.update([self.bytes[0]]);
+        h.update(self.author());
+        h.update(self.body_bytes());
+        h.finalize().into()
     }
 
     /// Check every signature the entry carries under Tally's one rule.
@@ -594,7 +715,7 @@ mod tests {
         let key = SigningKey::from_seed(&[1; 32]);
         let mut r = match receipt(&key, "https://a.example/").body().clone() {
             Body::Receipt(r) => r,
-            Body::Genesis(_) => unreachable!("built a receipt"),
+            _ => unreachable!("built a receipt"),
         };
         r.core.usage = Usage::AiAll;
         assert!(matches!(Entry::sign(&key, Body::Receipt(r)), Err(CodecError::Invalid { field: "usage", .. })));
@@ -630,7 +751,7 @@ mod tests {
         let publisher = SigningKey::from_seed(&[2; 32]);
         let mut r = match receipt(&lab, "https://a.example/").body().clone() {
             Body::Receipt(r) => r,
-            Body::Genesis(_) => unreachable!("built a receipt"),
+            _ => unreachable!("built a receipt"),
         };
         r.delivery = Some(sign_delivery(&publisher, &r.core));
         let good = Entry::sign(&lab, Body::Receipt(r.clone())).unwrap();

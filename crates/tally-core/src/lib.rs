@@ -7,7 +7,9 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod decimal;
 pub mod entry;
+pub mod kinds;
 pub mod merkle;
 pub mod sig;
 pub mod tile;
