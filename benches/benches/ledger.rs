@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use tally_core::entry::{Entry, VerifiedEntry, verify_entries};
 use tally_ledger::{Ledger, LedgerConfig, Outcome};
-use tally_tests::{collective_key, genesis, verified};
+use tally_tests::{all_verified, collective_key, setup, verified};
+
+/// Labs signing the workload (each admitted with a funded contract by `setup`).
+const LABS: u8 = 8;
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
@@ -60,7 +63,7 @@ fn verification(receipts: &[Entry]) {
 fn appends(receipts: &[VerifiedEntry], callers: usize, per_append: usize, limit: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = Arc::new(Ledger::open(dir.path(), LedgerConfig::new(Some(collective_key()))).expect("open"));
-    ledger.append_blocking(vec![verified(genesis(&collective_key()))]).expect("genesis");
+    ledger.append_blocking(all_verified(setup(LABS))).expect("set-up");
     let work = &receipts[..limit.min(receipts.len())];
     let t = Instant::now();
     let latencies: Vec<Duration> = std::thread::scope(|s| {
@@ -74,7 +77,7 @@ fn appends(receipts: &[VerifiedEntry], callers: usize, per_append: usize, limit:
                         let start = Instant::now();
                         let out = ledger.append_blocking(batch.to_vec()).expect("append");
                         lat.push(start.elapsed());
-                        assert!(out.iter().all(|o| matches!(o, Outcome::Appended(_))));
+                        assert!(out.iter().all(|o| matches!(o, Outcome::Appended(..))));
                     }
                     lat
                 })
@@ -98,7 +101,7 @@ fn appends(receipts: &[VerifiedEntry], callers: usize, per_append: usize, limit:
 fn main() {
     let count: usize = std::env::var("TALLY_BENCH_RECEIPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(40_000);
     println!("tally ledger bench on {}", tally_benches::machine());
-    let receipts = tally_benches::presigned_receipts(count, 8);
+    let receipts = tally_benches::presigned_receipts(count, LABS);
     verification(&receipts);
     let verified: Vec<VerifiedEntry> = receipts.into_iter().map(verified).collect();
     println!("durable appends (RocksDB WAL fsync per group; signatures already verified):");

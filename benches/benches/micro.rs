@@ -8,7 +8,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use tally_core::entry::{Entry, LeafRecord, verify_entries};
 use tally_core::merkle::{Frontier, leaf_hash};
 use tally_ledger::{Ledger, LedgerConfig};
-use tally_tests::{collective_key, genesis, verified};
+use tally_tests::{collective_key, verified};
 
 fn pieces(c: &mut Criterion) {
     let receipts = tally_benches::presigned_receipts(1024, 8);
@@ -51,11 +51,10 @@ fn pieces(c: &mut Criterion) {
     g.bench_function("commit-64-synced", |b| {
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger = Ledger::open(dir.path(), LedgerConfig::new(Some(collective_key()))).expect("open");
-        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).expect("genesis");
+        ledger.append_blocking(tally_tests::all_verified(tally_tests::setup(1))).expect("set-up");
         let mut rng = rand::thread_rng();
-        let lab = tally_tests::lab_key(1);
         b.iter_batched(
-            || (0..64).map(|_| verified(tally_tests::random_receipt(&lab, &mut rng))).collect::<Vec<_>>(),
+            || (0..64).map(|_| verified(tally_tests::random_receipt(1, &mut rng))).collect::<Vec<_>>(),
             |batch| ledger.append_blocking(batch).expect("append"),
             BatchSize::SmallInput,
         )

@@ -3,7 +3,8 @@
 //! the ledger reopens and we check that every acknowledged receipt is present exactly once
 //! at its acknowledged position, that nothing unacknowledged is half-present, that proofs
 //! verify against the newest checkpoint, and that the checkpoint signed after recovery is
-//! consistent with every checkpoint signed before it.
+//! consistent with every checkpoint signed before it, and that settlement charged every
+//! logged receipt exactly once with the books balanced.
 //!
 //! Rounds: `TALLY_CRASH_ROUNDS` (default 20).
 
@@ -17,7 +18,8 @@ use tally_core::Hash;
 use tally_core::checkpoint::open_checkpoint;
 use tally_core::merkle;
 use tally_ledger::{Ledger, LedgerConfig};
-use tally_tests::{ORIGIN, collective_key};
+use tally_settlement::Account;
+use tally_tests::{DEPOSIT_MICROS, ORIGIN, PRICE_MICROS, collective_key};
 
 struct Ack {
     seq: u64,
@@ -102,6 +104,16 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
             }
         }
         assert!(store.entry(size).unwrap().is_none() && store.leaf(size).unwrap().is_none());
+        // Settlement moved with the log, never ahead or behind it: every logged receipt was
+        // charged exactly once, and the books balance.
+        let receipts = (0..size).filter(|seq| store.entry(*seq).unwrap().unwrap().receipt_id().is_some()).count();
+        {
+            let engine = ledger.settlement().unwrap();
+            assert_eq!(engine.applied(), size, "round {round}: settlement is at the log's size");
+            engine.check_invariants().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let spent: i128 = (1..=4u64).map(|lab| DEPOSIT_MICROS - engine.balance(Account::Escrow(lab))).sum();
+            assert_eq!(spent, receipts as i128 * i128::from(PRICE_MICROS), "round {round}: charges match receipts");
+        }
         let (cp_size, note) = ledger.latest_checkpoint().expect("a checkpoint after recovery");
         let cp = open_checkpoint(&note, ORIGIN, &key).unwrap();
         assert_eq!(cp_size, size);

@@ -1,4 +1,5 @@
-//! The durable ledger through its public API: genesis rules, idempotent receipts, recovery,
+//! The durable ledger through its public API: genesis rules, idempotent entries, settlement
+//! committed with the log, recovery,
 //! checkpoints, proofs and tiles checked the way an outside client would check them.
 
 use std::sync::OnceLock;
@@ -8,7 +9,8 @@ use tally_core::checkpoint::open_checkpoint;
 use tally_core::entry::LeafRecord;
 use tally_core::merkle::{self, MemoryTree, NodeReader};
 use tally_core::tile::{TileNodes, parse_entry_bundle, tile_width};
-use tally_ledger::{Ledger, LedgerConfig, LedgerError, Outcome, Rejection};
+use tally_ledger::{Ledger, LedgerConfig, LedgerError, Outcome, Rejection, state_root_of};
+use tally_settlement::Account;
 use tally_tests::*;
 
 fn config() -> LedgerConfig {
@@ -21,13 +23,21 @@ fn appended(outcomes: &[Outcome]) -> Vec<u64> {
     outcomes
         .iter()
         .map(|o| match o {
-            Outcome::Appended(p) => p.seq,
+            Outcome::Appended(p, _) => p.seq,
             other => panic!("expected an append, got {other:?}"),
         })
         .collect()
 }
 
-/// The first entry must be genesis, and there is only ever one genesis.
+/// A ledger with the standard set-up for `labs` labs.
+fn set_up(ledger: &Ledger, labs: u8) -> u64 {
+    let out = ledger.append_blocking(all_verified(setup(labs))).unwrap();
+    appended(&out);
+    ledger.size()
+}
+
+/// The first entry must be genesis, and there is only ever one genesis: a second one is
+/// refused, while the same genesis sent again is answered with the original.
 #[test]
 fn genesis_comes_first_and_only_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,31 +45,82 @@ fn genesis_comes_first_and_only_once() {
     let r = verified(receipt(&lab_key(1), 1, 1, [1; 16]));
     assert_eq!(ledger.append_blocking(vec![r.clone()]).unwrap(), vec![Outcome::Rejected(Rejection::GenesisRequired)]);
     assert_eq!(ledger.size(), 0);
-    let g = verified(genesis(&collective_key()));
-    let out = ledger.append_blocking(vec![g.clone(), r]).unwrap();
-    assert_eq!(appended(&out), vec![0, 1]);
-    assert_eq!(ledger.append_blocking(vec![g]).unwrap(), vec![Outcome::Rejected(Rejection::GenesisExists)]);
-    assert_eq!(ledger.size(), 2);
+    let size = set_up(&ledger, 1);
+    assert_eq!(appended(&ledger.append_blocking(vec![r]).unwrap()), vec![size]);
+    let g = genesis(&collective_key());
+    let Outcome::Duplicate(p) = &ledger.append_blocking(vec![verified(g)]).unwrap()[0] else { panic!("duplicate") };
+    assert_eq!(p.seq, 0);
+    let other = tally_core::entry::Entry::sign(&lab_key(7), {
+        let mut b = match genesis(&lab_key(7)).body().clone() {
+            tally_core::entry::Body::Genesis(g) => g,
+            _ => unreachable!("a genesis"),
+        };
+        b.created_ms += 1;
+        tally_core::entry::Body::Genesis(b)
+    })
+    .unwrap();
+    assert_eq!(
+        ledger.append_blocking(vec![verified(other)]).unwrap(),
+        vec![Outcome::Rejected(Rejection::GenesisExists)]
+    );
+    assert_eq!(ledger.size(), size + 1);
     assert_eq!(ledger.genesis().unwrap().origin, ORIGIN);
 }
 
-/// A receipt sent twice, in one call or in two, is appended once; the retry is answered
-/// with the original position.
+/// A receipt sent twice, in one call or in two, is appended and charged once; the retry is
+/// answered with the original position.
 #[test]
 fn receipts_are_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path(), config()).unwrap();
-    ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
+    let size = set_up(&ledger, 2);
     let r = verified(receipt(&lab_key(1), 1, 9, [9; 16]));
     let out = ledger.append_blocking(vec![r.clone(), r.clone()]).unwrap();
-    let Outcome::Appended(first) = out[0] else { panic!("first is appended: {out:?}") };
-    assert_eq!(out[1], Outcome::Duplicate(first));
+    let Outcome::Appended(first, effect) = &out[0] else { panic!("first is appended: {out:?}") };
+    assert_eq!(effect.charge.unwrap().amount, PRICE_MICROS);
+    assert_eq!(out[1], Outcome::Duplicate(*first));
     let again = ledger.append_blocking(vec![r]).unwrap();
-    assert_eq!(again, vec![Outcome::Duplicate(first)]);
-    assert_eq!(ledger.size(), 2);
+    assert_eq!(again, vec![Outcome::Duplicate(*first)]);
+    assert_eq!(ledger.size(), size + 1);
+    let spent = DEPOSIT_MICROS - ledger.settlement().unwrap().balance(Account::Escrow(1));
+    assert_eq!(spent, i128::from(PRICE_MICROS), "charged once");
     // The same nonce from another lab is a different receipt.
     let other = verified(receipt(&lab_key(2), 2, 9, [9; 16]));
-    assert_eq!(appended(&ledger.append_blocking(vec![other]).unwrap()), vec![2]);
+    assert_eq!(appended(&ledger.append_blocking(vec![other]).unwrap()), vec![size + 1]);
+}
+
+/// Entries of every kind are idempotent: a deposit sent again is not a second deposit.
+/// A rejected entry is not logged and changes nothing, and the checkpoint carries the
+/// settlement state root, which survives a reopen.
+#[test]
+fn settlement_commits_with_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let root_before;
+    {
+        let ledger = Ledger::open(dir.path(), config()).unwrap();
+        let setup = setup(1);
+        let deposit = setup.last().unwrap().clone();
+        let size = set_up(&ledger, 1);
+        let Outcome::Duplicate(p) = &ledger.append_blocking(vec![verified(deposit)]).unwrap()[0] else {
+            panic!("a resent deposit is a duplicate")
+        };
+        assert_eq!(p.seq, size - 1);
+        assert_eq!(ledger.settlement().unwrap().balance(Account::Escrow(1)), DEPOSIT_MICROS);
+        // Lab 2 was never admitted: its receipt is refused and nothing moves.
+        let root = ledger.settlement().unwrap().state_root();
+        let stranger = verified(receipt(&lab_key(2), 2, 1, [1; 16]));
+        assert_eq!(ledger.append_blocking(vec![stranger]).unwrap(), vec![Outcome::Rejected(Rejection::UnknownAuthor)]);
+        assert_eq!(ledger.size(), size);
+        assert_eq!(ledger.settlement().unwrap().state_root(), root);
+        let (cp_size, note) = ledger.checkpoint_blocking().unwrap().unwrap();
+        assert_eq!(cp_size, size);
+        assert_eq!(state_root_of(&note), Some(root));
+        root_before = root;
+        ledger.shutdown();
+    }
+    let ledger = Ledger::open(dir.path(), LedgerConfig::new(None)).unwrap();
+    assert_eq!(ledger.settlement().unwrap().state_root(), root_before);
+    ledger.settlement().unwrap().check_invariants().unwrap();
 }
 
 /// After many appends and a reopen, the checkpoint verifies under the pinned key, every
@@ -68,14 +129,13 @@ fn receipts_are_idempotent() {
 #[test]
 fn reopened_ledger_serves_verifiable_checkpoint_proofs_and_tiles() {
     let dir = tempfile::tempdir().unwrap();
-    let n = 701u64;
+    let n = setup(1).len() as u64 + 700;
     {
         let ledger = Ledger::open(dir.path(), config()).unwrap();
-        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
-        let lab = lab_key(1);
+        set_up(&ledger, 1);
         let mut rng = rand::thread_rng();
-        for _ in 0..(n - 1) / 100 {
-            let batch = (0..100).map(|_| verified(random_receipt(&lab, &mut rng))).collect();
+        for _ in 0..7 {
+            let batch = (0..100).map(|_| verified(random_receipt(1, &mut rng))).collect();
             ledger.append_blocking(batch).unwrap();
         }
         ledger.shutdown();
@@ -112,6 +172,7 @@ fn reopened_ledger_serves_verifiable_checkpoint_proofs_and_tiles() {
     // Entry bundles hold leaf records that hash to the level-0 tile.
     let bundle = ledger.entry_bundle(2, tile_width(0, 2, n)).unwrap();
     let mut i = 512u64;
+    assert_eq!(tile_width(0, 2, n), (n - 512) as u16);
     for record in parse_entry_bundle(&bundle).unwrap() {
         assert_eq!(LeafRecord::decode(record).unwrap().seq, i);
         assert_eq!(tally_core::merkle::leaf_hash(record), tiles.node(0, i).unwrap());
@@ -126,10 +187,9 @@ fn reopened_ledger_serves_verifiable_checkpoint_proofs_and_tiles() {
 fn requests_outside_the_tree_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path(), config()).unwrap();
-    ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
-    let lab = lab_key(1);
+    let size = set_up(&ledger, 1);
     let mut rng = rand::thread_rng();
-    ledger.append_blocking((0..299).map(|_| verified(random_receipt(&lab, &mut rng))).collect()).unwrap();
+    ledger.append_blocking((size..300).map(|_| verified(random_receipt(1, &mut rng))).collect()).unwrap();
     assert_eq!(ledger.size(), 300);
     assert_eq!(ledger.tile(0, 0, 256).unwrap().len(), 8192);
     assert_eq!(ledger.tile(0, 1, 44).unwrap().len(), 44 * 32);
@@ -154,12 +214,12 @@ fn wrong_signing_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = Ledger::open(dir.path(), config()).unwrap();
-        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
+        set_up(&ledger, 1);
     }
     let err = Ledger::open(dir.path(), LedgerConfig::new(Some(lab_key(9)))).unwrap_err();
     assert!(matches!(err, LedgerError::WrongSigningKey), "{err}");
     let read_only = Ledger::open(dir.path(), LedgerConfig::new(None)).unwrap();
-    assert_eq!(read_only.size(), 1);
+    assert_eq!(read_only.size(), setup(1).len() as u64);
     assert!(matches!(read_only.append_blocking(vec![]), Err(LedgerError::Closed)));
 }
 
@@ -169,11 +229,10 @@ fn shared_ledger() -> &'static (tempfile::TempDir, Ledger, MemoryTree) {
     LEDGER.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path(), config()).unwrap();
-        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).unwrap();
-        let lab = lab_key(3);
+        set_up(&ledger, 3);
         let mut rng = rand::thread_rng();
         for _ in 0..3 {
-            let batch = (0..1000).map(|_| verified(random_receipt(&lab, &mut rng))).collect();
+            let batch = (0..1000).map(|_| verified(random_receipt(3, &mut rng))).collect();
             ledger.append_blocking(batch).unwrap();
         }
         let mut tree = MemoryTree::new();

@@ -133,8 +133,14 @@ impl<'de, Context, const MAX: usize> bincode::BorrowDecode<'de, Context> for Tex
 /// A list of at most `MAX` values, encoded as a u16 count and the values. The count is
 /// checked against `MAX` before anything is allocated, so a hostile count cannot make the
 /// decoder reserve memory the entry does not carry.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct List<T, const MAX: usize>(Vec<T>);
+
+impl<T, const MAX: usize> Default for List<T, MAX> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
 
 impl<T, const MAX: usize> List<T, MAX> {
     const _FITS_U16: () = assert!(MAX <= u16::MAX as usize);

@@ -457,9 +457,9 @@ impl Entry {
     /// The idempotency key: an entry submitted again is answered with the original.
     /// For a receipt it is the receipt id; for any other kind it is
     /// `SHA-256("tally/entry-id/v1" || 0x00 || kind || author || body)`. The signature is
-    /// left out on purpose: under the cofactored rule anyone can turn one valid signature
-    /// into another (by adding a small-order point to R), and that must not let a replayed
-    /// deposit count twice.
+    /// left out on purpose: a signer may produce many valid signatures of one body (an HSM
+    /// with random nonces, a retry through another signing path), and a retried deposit
+    /// must not count twice because its signature bytes differ.
     pub fn dedup_id(&self) -> Hash {
         if let Some(id) = self.receipt_id() {
             return id;

@@ -350,9 +350,13 @@ pub struct ClosePeriod {
 /// What happened to a payout (collective only).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum PayoutOutcome {
-    Confirmed { reference: Text<NOTE_BYTES_MAX> },
+    Confirmed {
+        reference: Text<NOTE_BYTES_MAX>,
+    },
     /// The money returns to the party's payable account.
-    Failed { reason: Text<NOTE_BYTES_MAX> },
+    Failed {
+        reason: Text<NOTE_BYTES_MAX>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

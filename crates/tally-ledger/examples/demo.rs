@@ -96,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             batch.iter().cloned().map(Entry::verify).collect::<Result<Vec<_>, _>>().expect("signed");
                         for outcome in ledger.append_blocking(verified).expect("append") {
                             match outcome {
-                                Outcome::Appended(_) => appended += 1,
+                                Outcome::Appended(..) => appended += 1,
                                 Outcome::Duplicate(_) => duplicates += 1,
                                 Outcome::Rejected(r) => panic!("rejected: {r}"),
                             }

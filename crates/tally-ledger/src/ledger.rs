@@ -11,17 +11,20 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use rocksdb::WriteBatch;
 use tally_core::Hash;
 use tally_core::checkpoint::{Checkpoint, open_checkpoint};
-use tally_core::entry::{Body, Entry, EntryKind, LeafRecord, VerifiedEntry, key_id};
+use tally_core::entry::{Body, Entry, LeafRecord, VerifiedEntry, key_id};
 use tally_core::merkle::{self, Frontier, NodeReader, ProofError};
 use tally_core::sig::{PublicKey, SigningKey};
 use tally_core::tile::{TILE_HEIGHT, tile_width};
+use tally_settlement::{Effect, Engine, Rejection};
 use tokio::sync::oneshot;
 
 use crate::error::LedgerError;
@@ -78,32 +81,20 @@ pub struct Position {
     pub leaf_hash: Hash,
 }
 
-/// Why the ledger refused an entry that was well-formed and validly signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    #[error("the ledger has no genesis entry yet; the first entry must be one")]
-    GenesisRequired,
-    #[error("the ledger already has its genesis entry")]
-    GenesisExists,
-}
-
-impl Rejection {
-    /// A stable, machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::GenesisRequired => "genesis-required",
-            Rejection::GenesisExists => "genesis-exists",
-        }
-    }
-}
+/// The prefix of the checkpoint extension line that carries the settlement state root:
+/// `state <base64 of the 32-byte root>`.
+pub const STATE_ROOT_EXTENSION: &str = "state ";
 
 /// The answer for one entry of an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Appended now, at this position; durable before this was returned.
-    Appended(Position),
-    /// A receipt with this id is already in the log; this is where the original is.
+    /// Appended now, at this position, with what settlement did; durable before this was
+    /// returned.
+    Appended(Position, Effect),
+    /// An entry with the same idempotency key (`Entry::dedup_id`) is already in the log;
+    /// this is where the original is. Nothing was changed.
     Duplicate(Position),
+    /// Refused by settlement; nothing was changed and nothing logged.
     Rejected(Rejection),
 }
 
@@ -126,7 +117,7 @@ impl GenesisInfo {
                 asset_code: g.asset_code.as_str().to_string(),
                 asset_scale: g.asset_scale,
             }),
-            Body::Receipt(_) => Err(LedgerError::Corrupted("entry 0 is not a genesis entry".into())),
+            _ => Err(LedgerError::Corrupted("entry 0 is not a genesis entry".into())),
         }
     }
 }
@@ -140,11 +131,17 @@ enum Command {
 }
 
 /// State readers share with the sequencer: only what has been committed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Published {
     size: AtomicU64,
     genesis: RwLock<Option<GenesisInfo>>,
     checkpoint: RwLock<Option<(u64, String)>>,
+    /// The settlement engine. The sequencer holds the write lock from the first apply of a
+    /// group until the group is durable, so readers only ever see committed state.
+    engine: RwLock<Engine<Store>>,
+    /// Set when the sequencer stopped after a failed write: the engine in memory may then
+    /// be ahead of the disk, so it is no longer served.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// An open ledger. Reads go straight to the store; appends go through the sequencer.
@@ -167,6 +164,20 @@ impl Ledger {
     pub fn open(dir: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
         let store = Store::open(dir)?;
         let recovered = recover(&store)?;
+        let engine = Engine::open(store.clone()).map_err(|e| corrupted(format!("settlement state: {e}")))?;
+        if engine.applied() != recovered.frontier.size() {
+            return Err(corrupted(format!(
+                "settlement state is at {} entries but the log has {}",
+                engine.applied(),
+                recovered.frontier.size()
+            )));
+        }
+        if let Some((cp_size, note, _)) = &recovered.checkpoint
+            && *cp_size == recovered.frontier.size()
+            && state_root_of(note) != Some(engine.state_root())
+        {
+            return Err(corrupted(format!("settlement state differs from the state root signed at {cp_size}")));
+        }
         if let (Some(key), Some(genesis)) = (&config.signing_key, &recovered.genesis)
             && key.public_key() != genesis.collective_key
         {
@@ -176,6 +187,8 @@ impl Ledger {
             size: AtomicU64::new(recovered.frontier.size()),
             genesis: RwLock::new(recovered.genesis.clone()),
             checkpoint: RwLock::new(recovered.checkpoint.as_ref().map(|(s, n, _)| (*s, n.clone()))),
+            engine: RwLock::new(engine),
+            failed: Default::default(),
         });
         let Some(signing_key) = config.signing_key else {
             return Ok(Self { store, published, tx: None, thread: None });
@@ -214,6 +227,15 @@ impl Ledger {
 
     pub fn genesis(&self) -> Option<GenesisInfo> {
         self.published.genesis.read().expect("lock").clone()
+    }
+
+    /// Read the settlement engine at the committed state (balances, quotes, access checks,
+    /// charge records). Fails with `Closed` if the sequencer stopped after a failed write.
+    pub fn settlement(&self) -> Result<RwLockReadGuard<'_, Engine<Store>>, LedgerError> {
+        if self.published.failed.load(Ordering::Acquire) {
+            return Err(LedgerError::Closed);
+        }
+        Ok(self.published.engine.read().expect("lock"))
     }
 
     /// The newest signed checkpoint: its size and note text.
@@ -388,8 +410,8 @@ struct Group {
     frontier: Frontier,
     time_ms: u64,
     genesis: Option<GenesisInfo>,
-    /// Receipt ids appended earlier in this same group.
-    receipts: HashMap<Hash, Position>,
+    /// Idempotency keys appended earlier in this same group.
+    appended: HashMap<Hash, Position>,
 }
 
 impl Sequencer {
@@ -450,14 +472,16 @@ impl Sequencer {
             frontier: self.frontier.clone(),
             time_ms: (self.clock)().max(self.last_time_ms),
             genesis: self.genesis.clone(),
-            receipts: HashMap::new(),
+            appended: HashMap::new(),
         };
+        let published = self.published.clone();
+        let mut engine = published.engine.write().expect("lock");
         let mut answers = Vec::with_capacity(appends.len());
         let mut failed = None;
         'requests: for (entries, _) in &appends {
             let mut outcomes = Vec::with_capacity(entries.len());
             for entry in entries {
-                match self.place(&mut group, entry) {
+                match self.place(&mut group, &mut engine, entry) {
                     Ok(outcome) => outcomes.push(outcome),
                     Err(e) => {
                         failed = Some(e);
@@ -469,6 +493,12 @@ impl Sequencer {
         }
         let size = group.frontier.size();
         self.store.batch_put(&mut group.batch, CF_META, META_SIZE, &size.to_be_bytes());
+        for (key, value) in engine.take_writes() {
+            match value {
+                Some(v) => self.store.batch_put(&mut group.batch, CF_STATE, &key, &v),
+                None => self.store.batch_delete(&mut group.batch, CF_STATE, &key),
+            }
+        }
         let result = match failed {
             Some(e) => Err(e),
             // Only duplicates and rejections: nothing to make durable.
@@ -490,7 +520,9 @@ impl Sequencer {
                 Ok(())
             }
             Err(e) => {
-                // Nothing of the group is acknowledged; every caller learns it failed.
+                // Nothing of the group is acknowledged; every caller learns it failed. The
+                // engine has applied the group in memory, so it is withdrawn from readers.
+                self.published.failed.store(true, Ordering::Release);
                 for (_, reply) in appends {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -500,22 +532,27 @@ impl Sequencer {
     }
 
     /// Decide the outcome of one entry and, if it is appended, add its writes to the group.
-    fn place(&self, group: &mut Group, entry: &VerifiedEntry) -> Result<Outcome, LedgerError> {
+    fn place(
+        &self,
+        group: &mut Group,
+        engine: &mut Engine<Store>,
+        entry: &VerifiedEntry,
+    ) -> Result<Outcome, LedgerError> {
         let seq = group.frontier.size();
-        match (entry.kind(), &group.genesis) {
-            (EntryKind::Genesis, Some(_)) => return Ok(Outcome::Rejected(Rejection::GenesisExists)),
-            (EntryKind::Genesis, None) => group.genesis = Some(GenesisInfo::from_entry(entry)?),
-            (_, None) => return Ok(Outcome::Rejected(Rejection::GenesisRequired)),
-            (_, Some(_)) => {}
+        let id = entry.dedup_id();
+        if let Some(pos) = group.appended.get(&id) {
+            return Ok(Outcome::Duplicate(*pos));
         }
-        let receipt_id = entry.receipt_id();
-        if let Some(id) = &receipt_id {
-            if let Some(pos) = group.receipts.get(id) {
-                return Ok(Outcome::Duplicate(*pos));
-            }
-            if let Some(original) = self.store.dedup(id)? {
-                return Ok(Outcome::Duplicate(self.position(original)?));
-            }
+        if let Some(original) = self.store.dedup(&id)? {
+            return Ok(Outcome::Duplicate(self.position(original)?));
+        }
+        let effect = match engine.apply(entry, seq, group.time_ms) {
+            Ok(Ok(effect)) => effect,
+            Ok(Err(rejection)) => return Ok(Outcome::Rejected(rejection)),
+            Err(e) => return Err(corrupted(format!("settlement at {seq}: {e}"))),
+        };
+        if let Body::Genesis(_) = entry.body() {
+            group.genesis = Some(GenesisInfo::from_entry(entry)?);
         }
         let leaf = LeafRecord::for_entry(entry, seq, group.time_ms);
         let leaf_hash = leaf.leaf_hash();
@@ -535,11 +572,9 @@ impl Sequencer {
             store.batch_put(batch, CF_HISTORY, &history_key(&key_id(&d.publisher_key), seq), &[]);
         }
         let position = Position { seq, time_ms: group.time_ms, leaf_hash };
-        if let Some(id) = receipt_id {
-            store.batch_put(batch, CF_DEDUP, &id, &seq_key(seq));
-            group.receipts.insert(id, position);
-        }
-        Ok(Outcome::Appended(position))
+        store.batch_put(batch, CF_DEDUP, &id, &seq_key(seq));
+        group.appended.insert(id, position);
+        Ok(Outcome::Appended(position, effect))
     }
 
     fn position(&self, seq: u64) -> Result<Position, LedgerError> {
@@ -569,7 +604,15 @@ impl Sequencer {
                 corrupted(format!("refusing to sign {size}: inconsistent with checkpoint {prev_size}: {e}"))
             })?;
         }
-        let cp = Checkpoint { origin: genesis.origin.clone(), size, root, extensions: Vec::new() };
+        let state_root = {
+            let engine = self.published.engine.read().expect("lock");
+            if engine.applied() != size {
+                return Err(corrupted(format!("settlement is at {} entries, the tree at {size}", engine.applied())));
+            }
+            engine.state_root()
+        };
+        let extensions = vec![format!("{STATE_ROOT_EXTENSION}{}", B64.encode(state_root))];
+        let cp = Checkpoint { origin: genesis.origin.clone(), size, root, extensions };
         let note = cp.sign(&genesis.origin, &self.signing_key);
         let mut batch = WriteBatch::default();
         self.store.batch_put(&mut batch, CF_CHECKPOINTS, &seq_key(size), note.as_bytes());
@@ -579,4 +622,11 @@ impl Sequencer {
         *self.published.checkpoint.write().expect("lock") = Some((size, note));
         Ok(())
     }
+}
+
+/// The settlement state root a checkpoint note carries, if any.
+pub fn state_root_of(note: &str) -> Option<Hash> {
+    let body = note.split("\n\n").next()?;
+    let line = body.lines().skip(3).find_map(|l| l.strip_prefix(STATE_ROOT_EXTENSION))?;
+    B64.decode(line).ok()?.try_into().ok()
 }

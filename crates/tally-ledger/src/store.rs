@@ -13,6 +13,7 @@ use tally_core::Hash;
 use tally_core::entry::{Entry, LeafRecord};
 use tally_core::merkle::NodeReader;
 use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, hash_up, node_base};
+use tally_settlement::{StateError, StateStore};
 
 use crate::error::LedgerError;
 
@@ -23,7 +24,9 @@ pub(crate) const CF_CHECKPOINTS: &str = "checkpoints";
 pub(crate) const CF_DEDUP: &str = "dedup";
 pub(crate) const CF_HISTORY: &str = "history";
 pub(crate) const CF_META: &str = "meta";
-const COLUMN_FAMILIES: [&str; 7] = [CF_ENTRIES, CF_LEAVES, CF_HASHES, CF_CHECKPOINTS, CF_DEDUP, CF_HISTORY, CF_META];
+pub(crate) const CF_STATE: &str = "state";
+const COLUMN_FAMILIES: [&str; 8] =
+    [CF_ENTRIES, CF_LEAVES, CF_HASHES, CF_CHECKPOINTS, CF_DEDUP, CF_HISTORY, CF_META, CF_STATE];
 
 /// `meta` key holding the tree size (u64 big-endian), written in every append batch.
 pub(crate) const META_SIZE: &[u8] = b"size";
@@ -76,8 +79,9 @@ impl Store {
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             let mut table = BlockBasedOptions::default();
-            if *name == CF_DEDUP {
-                // Dedup lookups are mostly misses: a bloom filter answers them without I/O.
+            if *name == CF_DEDUP || *name == CF_STATE {
+                // Dedup lookups and registry probes (one per URL prefix) are mostly misses:
+                // a bloom filter answers them without I/O.
                 table.set_bloom_filter(10.0, false);
             }
             cf.set_block_based_table_factory(&table);
@@ -94,6 +98,10 @@ impl Store {
 
     pub(crate) fn batch_put(&self, batch: &mut WriteBatch, cf: &str, key: &[u8], value: &[u8]) {
         batch.put_cf(self.cf(cf), key, value);
+    }
+
+    pub(crate) fn batch_delete(&self, batch: &mut WriteBatch, cf: &str, key: &[u8]) {
+        batch.delete_cf(self.cf(cf), key);
     }
 
     /// Write a batch durably (fsync of the write-ahead log before returning).
@@ -210,7 +218,8 @@ impl Store {
         Ok(out)
     }
 
-    /// The sequence number a receipt id was first appended at.
+    /// The sequence number an entry with this idempotency key (`Entry::dedup_id`) was
+    /// first appended at.
     pub fn dedup(&self, receipt_id: &Hash) -> Result<Option<u64>, LedgerError> {
         match self.db.get_cf(self.cf(CF_DEDUP), receipt_id)? {
             None => Ok(None),
@@ -258,6 +267,25 @@ impl Store {
             self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
+    }
+}
+
+impl StateStore for Store {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.db.get_cf(self.cf(CF_STATE), key).map_err(|e| StateError::Storage(e.to_string()))
+    }
+
+    fn scan(&self, prefix: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let iter = self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::From(&[prefix], Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| StateError::Storage(e.to_string()))?;
+            if k.first() != Some(&prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 }
 

@@ -12,8 +12,8 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use tally_core::Hash;
 use tally_core::codec::Text;
-use tally_core::entry::{Body, EntryKind, Genesis, NAME_BYTES_MAX, Receipt, URL_BYTES_MAX, Usage, VerifiedEntry};
 use tally_core::decimal::Dec;
+use tally_core::entry::{Body, EntryKind, Genesis, NAME_BYTES_MAX, Receipt, URL_BYTES_MAX, Usage, VerifiedEntry};
 use tally_core::kinds::*;
 use tally_core::sig::PublicKeyBytes;
 
@@ -292,13 +292,9 @@ fn allowed(kind: EntryKind, role: Role) -> bool {
     match kind {
         K::Genesis => false,
         K::Receipt | K::Accept => role == Role::Lab,
-        K::Admit
-        | K::UpdateParticipant
-        | K::Contract
-        | K::Deposit
-        | K::ClosePeriod
-        | K::PayoutResult
-        | K::Resolve => role == Role::Collective,
+        K::Admit | K::UpdateParticipant | K::Contract | K::Deposit | K::ClosePeriod | K::PayoutResult | K::Resolve => {
+            role == Role::Collective
+        }
         K::Register | K::Reserve => matches!(role, Role::Publisher | Role::Federated),
         K::Claim => role == Role::Publisher,
         K::Dispute => matches!(role, Role::Lab | Role::Publisher),
@@ -560,7 +556,11 @@ impl<S: StateStore> Engine<S> {
             if let Licence::Blanket { fee } = c.terms.licence {
                 let held = if c.accepted { i128::from(fee) - i128::from(c.released) } else { 0 };
                 if self.balance(Account::Pool(c.seq)) != held {
-                    return Err(format!("pool {} holds {}, expected {held}", c.seq, self.balance(Account::Pool(c.seq))));
+                    return Err(format!(
+                        "pool {} holds {}, expected {held}",
+                        c.seq,
+                        self.balance(Account::Pool(c.seq))
+                    ));
                 }
             }
         }
@@ -750,11 +750,14 @@ impl<S: StateStore> Engine<S> {
             None => 0,
         };
         for p in &r.partners {
-            check!(p.participant != author, Rejection::ParticipantRole {
-                participant: p.participant,
-                role: "owner",
-                needed: "partner other than the owner",
-            });
+            check!(
+                p.participant != author,
+                Rejection::ParticipantRole {
+                    participant: p.participant,
+                    role: "owner",
+                    needed: "partner other than the owner",
+                }
+            );
             tri!(self.participant_with(p.participant, &[Role::Publisher]));
         }
         rec.registration = Some(Registration {
@@ -821,10 +824,7 @@ impl<S: StateStore> Engine<S> {
         };
         self.meta_mut().deposits += u128::from(d.amount);
         let amount = i128::from(d.amount);
-        Ok(Ok(Effect::moves(vec![
-            Posting { account: Account::World, amount: -amount },
-            Posting { account, amount },
-        ])))
+        Ok(Ok(Effect::moves(vec![Posting { account: Account::World, amount: -amount }, Posting { account, amount }])))
     }
 
     /// Price a fetch of `url` for `usage` under contract `contract_id` by `lab`, without
@@ -883,8 +883,10 @@ impl<S: StateStore> Engine<S> {
         };
         if !(free || repeat || blanket) {
             let (words, tier) = reg.as_ref().map_or((t.unregistered_words, Tier::Standard), |r| (r.words, r.tier));
-            let full =
-                tri!(price(rate_for(t, url), words, tier, &t.tier_multipliers, meta.asset_scale).ok_or(Rejection::AmountOverflow));
+            let full = tri!(
+                price(rate_for(t, url), words, tier, &t.tier_multipliers, meta.asset_scale)
+                    .ok_or(Rejection::AmountOverflow)
+            );
             charge.amount = full;
             if t.spend_cap > 0 {
                 let spent = self.spend.get(&c.seq).copied().unwrap_or(0);
@@ -903,7 +905,9 @@ impl<S: StateStore> Engine<S> {
             postings.push(Posting { account: Account::Escrow(lab), amount: -i128::from(charge.amount) });
             push(&mut postings, Account::Fee, charge.fee);
             match (&reg, owner_role) {
-                (Some(r), Some(Role::Federated)) => split_registration(net, r, Account::Clearing(r.owner), &mut postings),
+                (Some(r), Some(Role::Federated)) => {
+                    split_registration(net, r, Account::Clearing(r.owner), &mut postings)
+                }
                 (Some(r), _) => split_registration(net, r, Account::Payable(r.owner), &mut postings),
                 (None, _) => {
                     push(&mut postings, Account::Unclaimed, net);
@@ -1016,9 +1020,9 @@ impl<S: StateStore> Engine<S> {
 
     fn resolve_dispute(&mut self, r: &Resolve) -> Result<Result<Effect, Rejection>, StateError> {
         check!(self.disputes.get(&r.receipt_seq).is_some(), Rejection::NoOpenDispute);
-        let mut rec = self.charge(r.receipt_seq)?.ok_or_else(|| {
-            StateError::Storage(format!("dispute open on {} but no charge record", r.receipt_seq))
-        })?;
+        let mut rec = self
+            .charge(r.receipt_seq)?
+            .ok_or_else(|| StateError::Storage(format!("dispute open on {} but no charge record", r.receipt_seq)))?;
         if r.resolution == Resolution::Uphold {
             self.disputes.remove(&r.receipt_seq);
             return Ok(Ok(Effect::none()));
@@ -1078,7 +1082,9 @@ impl<S: StateStore> Engine<S> {
         let mut blankets: Vec<(u64, Hash)> = self
             .contracts
             .iter()
-            .filter(|(_, r)| r.accepted && matches!(r.terms.licence, Licence::Blanket { .. }) && r.terms.start_ms < cutoff)
+            .filter(|(_, r)| {
+                r.accepted && matches!(r.terms.licence, Licence::Blanket { .. }) && r.terms.start_ms < cutoff
+            })
             .map(|(id, r)| (r.seq, *id))
             .collect();
         blankets.sort_unstable();

@@ -81,7 +81,12 @@ impl StateStore for MemoryStore {
     }
 
     fn scan(&self, prefix: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
-        Ok(self.map.range(vec![prefix]..).take_while(|(k, _)| k[0] == prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .map
+            .range(vec![prefix]..)
+            .take_while(|(k, _)| k[0] == prefix)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 

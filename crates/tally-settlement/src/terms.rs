@@ -211,7 +211,10 @@ pub fn parse_terms(json: &str, scale: u8) -> Result<ContractTerms, TermsError> {
         end_ms: d.end_ms,
         licence,
         basis,
-        rate: Rate { per_article: dec("rate.per_article", d.rate.per_article.as_ref())?, per_kwords: dec("rate.per_kwords", d.rate.per_kwords.as_ref())? },
+        rate: Rate {
+            per_article: dec("rate.per_article", d.rate.per_article.as_ref())?,
+            per_kwords: dec("rate.per_kwords", d.rate.per_kwords.as_ref())?,
+        },
         tier_multipliers,
         rate_table: List::new(rules).map_err(|e| err("rate_table", e))?,
         free_paths: List::new(free).map_err(|e| err("free_paths", e))?,

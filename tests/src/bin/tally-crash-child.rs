@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use tally_ledger::{Ledger, LedgerConfig, Outcome};
-use tally_tests::{collective_key, genesis, lab_key, random_receipt, verified};
+use tally_tests::{all_verified, collective_key, random_receipt, setup, verified};
 
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: tally-crash-child <data dir>");
@@ -18,7 +18,7 @@ fn main() {
     config.checkpoint_interval_ms = 20;
     let ledger = Arc::new(Ledger::open(std::path::Path::new(&dir), config).expect("open ledger"));
     if ledger.size() == 0 {
-        ledger.append_blocking(vec![verified(genesis(&collective_key()))]).expect("genesis");
+        ledger.append_blocking(all_verified(setup(4))).expect("set-up");
     }
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let threads: Vec<_> = (0..4u8)
@@ -26,12 +26,11 @@ fn main() {
             let ledger = ledger.clone();
             let stdout = stdout.clone();
             std::thread::spawn(move || {
-                let lab = lab_key(t + 1);
                 let mut rng = rand::thread_rng();
                 let mut previous: Vec<tally_core::entry::Entry> = Vec::new();
                 loop {
                     let n = rand::Rng::gen_range(&mut rng, 1..40);
-                    let mut batch: Vec<_> = (0..n).map(|_| random_receipt(&lab, &mut rng)).collect();
+                    let mut batch: Vec<_> = (0..n).map(|_| random_receipt(t + 1, &mut rng)).collect();
                     // Resubmit part of the last batch: retries must never append twice.
                     batch.extend(previous.iter().take(3).cloned());
                     let outcomes = match ledger.append_blocking(batch.iter().cloned().map(verified).collect()) {
@@ -41,7 +40,7 @@ fn main() {
                     };
                     let mut out = String::new();
                     for (entry, outcome) in batch.iter().zip(outcomes) {
-                        if let Outcome::Appended(p) | Outcome::Duplicate(p) = outcome {
+                        if let Outcome::Appended(p, _) | Outcome::Duplicate(p) = outcome {
                             let id = entry.receipt_id().expect("receipts have ids");
                             out.push_str(&format!("ack {} {} {}\n", p.seq, hex::encode(p.leaf_hash), hex::encode(id)));
                         }
