@@ -3,5 +3,6 @@
 
 mod crash;
 mod ledger;
+mod scenarios;
 mod spec_vectors;
 mod vectors;

@@ -140,6 +140,7 @@ pub fn setup(labs: u8) -> Vec<Entry> {
                 tier: Tier::Standard,
                 uniqueness_bps: 5000,
                 partners: List::default(),
+                nonce: [0; 16],
             }),
         ),
     ];

@@ -178,6 +178,9 @@ pub enum ParticipantChange {
 pub struct UpdateParticipant {
     pub participant: u64,
     pub change: ParticipantChange,
+    /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
+    /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    pub nonce: [u8; 16],
 }
 
 /// A syndication partner's share of a registered work.
@@ -201,6 +204,9 @@ pub struct Register {
     /// Partners and their shares of the net royalty; the author (canonical publisher)
     /// keeps the rest, including every rounding remainder.
     pub partners: List<Partner, PARTNERS_MAX>,
+    /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
+    /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    pub nonce: [u8; 16],
 }
 
 /// Reserve (opt out) or release a use of content (publisher or federated collective).
@@ -211,6 +217,9 @@ pub struct Reserve {
     pub usage: Usage,
     /// True to reserve, false to lift an earlier reservation of the same pattern and use.
     pub reserved: bool,
+    /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
+    /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    pub nonce: [u8; 16],
 }
 
 /// A price: per article plus per 1,000 words, in whole units of the asset.
@@ -371,6 +380,9 @@ pub struct PayoutResult {
 pub struct Dispute {
     pub receipt_seq: u64,
     pub reason: Text<NOTE_BYTES_MAX>,
+    /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
+    /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    pub nonce: [u8; 16],
 }
 
 u8_enum! {
@@ -388,6 +400,9 @@ pub struct Resolve {
     pub receipt_seq: u64,
     pub resolution: Resolution,
     pub note: Text<NOTE_BYTES_MAX>,
+    /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
+    /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    pub nonce: [u8; 16],
 }
 
 /// Claim the money held for an unregistered URL that the author has since registered.
