@@ -4,5 +4,6 @@
 mod crash;
 mod ledger;
 mod scenarios;
+mod settlement_props;
 mod spec_vectors;
 mod vectors;
