@@ -216,6 +216,23 @@ impl<'de, Context, T: Decode<Context>, const MAX: usize> bincode::BorrowDecode<'
     }
 }
 
+impl<const MAX: usize> serde::Serialize for Text<MAX> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<T: serde::Serialize, const MAX: usize> serde::Serialize for List<T, MAX> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Serialize fixed-size bytes (keys, hashes, nonces) as lower-case hex in JSON views.
+pub fn hex_bytes<S: serde::Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(bytes))
+}
+
 /// Declares a fieldless enum encoded as one byte with explicit, stable codes; any other
 /// byte fails to decode.
 #[macro_export]
@@ -265,6 +282,12 @@ macro_rules! u8_enum {
             }
         }
         bincode::impl_borrow_decode!($name);
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
     };
 }
 

@@ -108,6 +108,12 @@ impl std::fmt::Debug for Dec {
     }
 }
 
+impl serde::Serialize for Dec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl FromStr for Dec {
     type Err = &'static str;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

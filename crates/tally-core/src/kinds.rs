@@ -85,7 +85,7 @@ u8_enum! {
 }
 
 /// A URL or URL prefix, for registrations, reservations, rate rules and free paths.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, serde::Serialize)]
 pub struct UrlPattern {
     pub kind: MatchKind,
     pub url: Text<URL_BYTES_MAX>,
@@ -153,20 +153,22 @@ pub fn prefix_candidates(url: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Admit a participant (collective only).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Admit {
     /// Chosen by the collective; never 0 (the collective) and never reused.
     pub participant: u64,
     pub role: Role,
+    #[serde(serialize_with = "crate::codec::hex_bytes")]
     pub key: PublicKeyBytes,
     pub name: Text<NAME_BYTES_MAX>,
 }
 
 /// A change to an admitted participant (collective only).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ParticipantChange {
     /// Replace the participant's key (also ends a revocation).
-    RotateKey(PublicKeyBytes),
+    RotateKey(#[serde(serialize_with = "crate::codec::hex_bytes")] PublicKeyBytes),
     /// The key no longer signs for anyone; the participant needs a new key to act.
     RevokeKey,
     /// The participant may author nothing and a lab gets no access until reinstated.
@@ -174,24 +176,25 @@ pub enum ParticipantChange {
     Reinstate,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct UpdateParticipant {
     pub participant: u64,
     pub change: ParticipantChange,
     /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
     /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    #[serde(serialize_with = "crate::codec::hex_bytes")]
     pub nonce: [u8; 16],
 }
 
 /// A syndication partner's share of a registered work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Partner {
     pub participant: u64,
     pub share_bps: u16,
 }
 
 /// Register (or re-register, replacing) content (publisher or federated collective).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Register {
     pub pattern: UrlPattern,
     /// Articles the pattern covers: 1 for an exact URL.
@@ -206,11 +209,12 @@ pub struct Register {
     pub partners: List<Partner, PARTNERS_MAX>,
     /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
     /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    #[serde(serialize_with = "crate::codec::hex_bytes")]
     pub nonce: [u8; 16],
 }
 
 /// Reserve (opt out) or release a use of content (publisher or federated collective).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Reserve {
     pub pattern: UrlPattern,
     /// A specific use or a category (`all`, `ai-all`).
@@ -219,18 +223,19 @@ pub struct Reserve {
     pub reserved: bool,
     /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
     /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    #[serde(serialize_with = "crate::codec::hex_bytes")]
     pub nonce: [u8; 16],
 }
 
 /// A price: per article plus per 1,000 words, in whole units of the asset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Rate {
     pub per_article: Dec,
     pub per_kwords: Dec,
 }
 
 /// A rate that applies to URLs matching a pattern.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct RateRule {
     pub pattern: UrlPattern,
     pub rate: Rate,
@@ -246,7 +251,8 @@ u8_enum! {
 }
 
 /// Transactional (priced per receipt) or blanket (a flat fee for the term).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Licence {
     Transactional,
     /// `fee` minor units for the whole term, drawn from escrow when the lab accepts and
@@ -257,7 +263,7 @@ pub enum Licence {
 }
 
 /// One level of a tiered distribution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct TierLevel {
     /// Publishers with at least this many registered articles are in the level (the
     /// highest level they reach).
@@ -267,7 +273,8 @@ pub struct TierLevel {
 }
 
 /// How pool money is distributed among publishers at period close.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Distribution {
     /// Pro rata to measured use.
     PerUsage,
@@ -278,7 +285,7 @@ pub enum Distribution {
 }
 
 /// The terms of a licence. A contract's id is the hash of these bytes; they never change.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct ContractTerms {
     /// The licensee lab's participant id.
     pub lab: u64,
@@ -329,14 +336,15 @@ impl ContractTerms {
 }
 
 /// The lab's countersignature that activates a contract.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Accept {
+    #[serde(serialize_with = "crate::codec::hex_bytes")]
     pub contract_id: Hash,
 }
 
 /// Money received from outside: into a lab's escrow or a federated collective's clearing
 /// account (collective only).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Deposit {
     pub participant: u64,
     pub amount: u64,
@@ -345,7 +353,7 @@ pub struct Deposit {
 }
 
 /// Close the open period (collective only).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct ClosePeriod {
     /// The number of the period being closed (the first is 0): guards against replays.
     pub period: u32,
@@ -357,7 +365,8 @@ pub struct ClosePeriod {
 }
 
 /// What happened to a payout (collective only).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PayoutOutcome {
     Confirmed {
         reference: Text<NOTE_BYTES_MAX>,
@@ -368,7 +377,7 @@ pub enum PayoutOutcome {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct PayoutResult {
     pub period: u32,
     pub participant: u64,
@@ -376,12 +385,13 @@ pub struct PayoutResult {
 }
 
 /// Contest a receipt (the lab that signed it or a publisher it credited).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Dispute {
     pub receipt_seq: u64,
     pub reason: Text<NOTE_BYTES_MAX>,
     /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
     /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    #[serde(serialize_with = "crate::codec::hex_bytes")]
     pub nonce: [u8; 16],
 }
 
@@ -395,24 +405,25 @@ u8_enum! {
 }
 
 /// Decide a dispute (collective only).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Resolve {
     pub receipt_seq: u64,
     pub resolution: Resolution,
     pub note: Text<NOTE_BYTES_MAX>,
     /// Chosen by the author to tell apart deliberate repeats of an otherwise identical
     /// entry (an entry is idempotent by content; see `Entry::dedup_id`).
+    #[serde(serialize_with = "crate::codec::hex_bytes")]
     pub nonce: [u8; 16],
 }
 
 /// Claim the money held for an unregistered URL that the author has since registered.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Claim {
     pub url: Text<URL_BYTES_MAX>,
 }
 
 /// One publisher's royalty in a federation remittance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct RemitLine {
     pub participant: u64,
     pub amount: u64,
@@ -421,7 +432,7 @@ pub struct RemitLine {
 /// Royalties a federated collective owes this collective's publishers for use by its own
 /// licensees (federated collective only). Credited to the publishers at once and owed by
 /// the federated collective's clearing account.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct Remit {
     pub reference: Text<NOTE_BYTES_MAX>,
     pub lines: List<RemitLine, REMIT_LINES_MAX>,
