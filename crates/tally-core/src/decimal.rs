@@ -32,7 +32,7 @@ impl Dec {
 
     /// `mantissa / 10^scale`, normalised. Fails past the bounds.
     pub fn new(mut mantissa: u64, mut scale: u8) -> Result<Self, &'static str> {
-        while scale > 0 && mantissa % 10 == 0 {
+        while scale > 0 && mantissa.is_multiple_of(10) {
             mantissa /= 10;
             scale -= 1;
         }
@@ -56,7 +56,7 @@ impl Dec {
     }
 
     fn is_normal(&self) -> bool {
-        if self.mantissa == 0 { self.scale == 0 } else { self.scale == 0 || self.mantissa % 10 != 0 }
+        if self.mantissa == 0 { self.scale == 0 } else { self.scale == 0 || !self.mantissa.is_multiple_of(10) }
     }
 
     /// Parse a plain decimal such as `0.0025` (no sign, no exponent).

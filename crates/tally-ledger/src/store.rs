@@ -13,6 +13,7 @@ use tally_core::Hash;
 use tally_core::entry::{Entry, LeafRecord};
 use tally_core::merkle::NodeReader;
 use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, hash_up, node_base};
+use tally_settlement::state::Pairs;
 use tally_settlement::{StateError, StateStore};
 
 use crate::error::LedgerError;
@@ -275,7 +276,7 @@ impl StateStore for Store {
         self.db.get_cf(self.cf(CF_STATE), key).map_err(|e| StateError::Storage(e.to_string()))
     }
 
-    fn scan(&self, prefix: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn scan(&self, prefix: u8) -> Result<Pairs, StateError> {
         let iter = self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::From(&[prefix], Direction::Forward));
         let mut out = Vec::new();
         for item in iter {

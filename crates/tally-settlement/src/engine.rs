@@ -687,7 +687,7 @@ impl<S: StateStore> Engine<S> {
     }
 
     fn admit(&mut self, a: &Admit) -> Result<Result<Effect, Rejection>, StateError> {
-        check!(!self.participants.get(&a.participant).is_some(), Rejection::ParticipantExists(a.participant));
+        check!(self.participants.get(&a.participant).is_none(), Rejection::ParticipantExists(a.participant));
         check!(self.participant_by_key(&a.key).is_none(), Rejection::KeyInUse);
         self.participants.insert(
             a.participant,
@@ -1231,5 +1231,81 @@ impl<S: StateStore> Engine<S> {
             return Access { allowed: true, reason: None, contract: Some(*id) };
         }
         deny(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tally_core::codec::List;
+    use tally_core::decimal::{DEC_SCALE_MAX, DEC_VALUE_MAX};
+
+    fn dec(mantissa: u64, scale: u8) -> Dec {
+        Dec::new(mantissa, scale).unwrap()
+    }
+
+    /// The same price in plain integers: scale 12 for the base, 16 after the multiplier.
+    fn integer_price(rate: Rate, words: u32, m: Dec, scale: u8) -> Option<u64> {
+        let at = |d: Dec, s: u32| u128::from(d.mantissa()) * 10u128.pow(s - u32::from(d.scale()));
+        let base = at(rate.per_article, 12) + at(rate.per_kwords, 9) * u128::from(words);
+        let exact = base * at(m, 4); // scale 16
+        let minor = if scale <= 16 {
+            exact / 10u128.pow(16 - u32::from(scale))
+        } else {
+            exact * 10u128.pow(u32::from(scale) - 16)
+        };
+        u64::try_from(minor).ok().filter(|u| *u <= AMOUNT_MAX)
+    }
+
+    proptest! {
+        /// rust_decimal's arithmetic is exact for every rate, word count and multiplier the
+        /// encoding allows: the price equals the same computation in 128-bit integers, with
+        /// only the one truncation.
+        #[test]
+        fn prices_are_exact_within_the_bounds(
+            pa in 0..=DEC_VALUE_MAX * 1_000_000_000, sa in 0..=DEC_SCALE_MAX,
+            pk in 0..=DEC_VALUE_MAX * 1_000_000_000, sk in 0..=DEC_SCALE_MAX,
+            words in 0..=WORDS_MAX, mm in 0..=MULTIPLIER_MAX * 10_000, ms in 0..=MULTIPLIER_SCALE_MAX,
+            scale in 0..=18u8,
+        ) {
+            let clamp = |m: u64, s: u8| m.min(DEC_VALUE_MAX * 10u64.pow(u32::from(s)));
+            let rate = Rate { per_article: dec(clamp(pa, sa), sa), per_kwords: dec(clamp(pk, sk), sk) };
+            let m = dec(mm.min(MULTIPLIER_MAX * 10u64.pow(u32::from(ms))), ms);
+            let mut multipliers = [Dec::ONE; 3];
+            multipliers[0] = m;
+            prop_assert_eq!(price(rate, words, Tier::Premium, &multipliers, scale), integer_price(rate, words, m, scale));
+        }
+    }
+
+    /// The largest price the bounds allow still computes (at micro-dollars it is refused as
+    /// over 10^18 minor units rather than rounded).
+    #[test]
+    fn the_largest_price_is_exact_or_refused() {
+        let max = dec(DEC_VALUE_MAX * 1_000_000_000, 9);
+        let rate = Rate { per_article: max, per_kwords: max };
+        let m = [dec(MULTIPLIER_MAX, 0); 3];
+        assert_eq!(price(rate, WORDS_MAX, Tier::Standard, &m, 0), Some(1_000_100_000_000));
+        assert_eq!(
+            price(rate, WORDS_MAX, Tier::Standard, &m, 6),
+            Some(1_000_100_000_000_000_000).filter(|u| *u <= AMOUNT_MAX)
+        );
+    }
+
+    /// Distribution shares never exceed what is distributed, for every model.
+    #[test]
+    fn distributions_never_exceed_the_amount() {
+        let units = [(10, 7u64), (11, 1), (12, 1)];
+        let levels = List::new(vec![
+            TierLevel { min_articles: 5, share_bps: 6000 },
+            TierLevel { min_articles: 1, share_bps: 4000 },
+        ])
+        .unwrap();
+        for model in [Distribution::PerUsage, Distribution::Hybrid { base_bps: 3333 }, Distribution::Tiered { levels }]
+        {
+            let shares = distribute(&model, 1_000_001, &units, |p| if p == 10 { 5 } else { 1 });
+            let total: u64 = shares.iter().map(|(_, s)| s).sum();
+            assert!(total <= 1_000_001 && total >= 1_000_001 - 3, "{model:?}: {total}");
+        }
     }
 }

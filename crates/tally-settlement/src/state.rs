@@ -29,12 +29,15 @@ pub enum StateError {
     Corrupted { key: String, error: CodecError },
 }
 
+/// Key-value pairs, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads the engine needs from committed state.
 pub trait StateStore {
     /// The committed value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
     /// Every committed pair whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>;
+    fn scan(&self, prefix: u8) -> Result<Pairs, StateError>;
 }
 
 /// Writes to make durable: `None` deletes the key.
@@ -80,7 +83,7 @@ impl StateStore for MemoryStore {
         Ok(self.map.get(key).cloned())
     }
 
-    fn scan(&self, prefix: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn scan(&self, prefix: u8) -> Result<Pairs, StateError> {
         Ok(self
             .map
             .range(vec![prefix]..)
@@ -155,7 +158,7 @@ impl<K: Ord + Clone + Encode + Decode<()>, V: Encode + Decode<()>> Table<K, V> {
         }
     }
 
-    pub(crate) fn records(&self, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    pub(crate) fn records(&self, out: &mut Pairs) {
         for (k, v) in &self.map {
             out.push((self.key_bytes(k), codec::encode(v)));
         }
@@ -169,7 +172,7 @@ pub const INDEX_DIGEST_DOMAIN: &[u8] = b"tally/index-writes/v1\0";
 
 /// `SHA-256(domain || for each resident record in key-byte order: u32 key length || key ||
 /// u32 value length || value)`, lengths little-endian.
-pub(crate) fn root_of(mut records: Vec<(Vec<u8>, Vec<u8>)>) -> Hash {
+pub(crate) fn root_of(mut records: Pairs) -> Hash {
     records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut h = Sha256::new();
     h.update(STATE_ROOT_DOMAIN);
