@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the per-receipt pieces: canonical decode, signature
-//! verification (single and batched), Merkle append, leaf record hashing, and one
-//! synced store commit.
+//! verification (single and batched), Merkle append, leaf record hashing, settlement apply
+//! (pricing, split, postings, state writes; memory state), and one synced store commit.
 //!
 //! Run: `cargo bench -p tally-benches --bench micro`.
 
@@ -8,7 +8,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use tally_core::entry::{Entry, LeafRecord, verify_entries};
 use tally_core::merkle::{Frontier, leaf_hash};
 use tally_ledger::{Ledger, LedgerConfig};
-use tally_tests::{collective_key, verified};
+use tally_settlement::{Engine, MemoryStore};
+use tally_tests::{all_verified, collective_key, setup, verified};
 
 fn pieces(c: &mut Criterion) {
     let receipts = tally_benches::presigned_receipts(1024, 8);
@@ -40,6 +41,27 @@ fn pieces(c: &mut Criterion) {
         let mut f = Frontier::new();
         let leaf = leaf_hash(b"x");
         b.iter(|| f.append(leaf, |_, _, _| {}))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("settlement");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("apply-64-receipts", |b| {
+        let mut engine = Engine::open(MemoryStore::default()).expect("memory");
+        for (seq, e) in all_verified(setup(8)).iter().enumerate() {
+            engine.apply(e, seq as u64, 1_700_000_000_000).expect("memory").expect("set-up applies");
+        }
+        let work: Vec<_> = receipts.iter().cloned().map(verified).collect();
+        let mut i = 0;
+        b.iter(|| {
+            for _ in 0..64 {
+                i = (i + 1) % work.len();
+                let seq = engine.applied();
+                engine.apply(&work[i], seq, 1_701_000_000_000).expect("memory").expect("settles");
+            }
+            // What the sequencer does once per group.
+            let writes = engine.take_writes();
+            engine.store_mut().apply(writes);
+        })
     });
     g.finish();
     let mut g = c.benchmark_group("batch");
