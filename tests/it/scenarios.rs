@@ -16,7 +16,7 @@ use tally_core::entry::{Body, Entry, Genesis, Receipt, ReceiptCore, Usage, Verif
 use tally_core::kinds::*;
 use tally_core::sig::SigningKey;
 use tally_ledger::{Ledger, LedgerConfig, Outcome};
-use tally_settlement::terms::{format_amount, parse_amount, parse_terms};
+use tally_settlement::terms::{PatternDoc, format_amount, parse_amount, parse_terms};
 use tally_settlement::{Account, Engine, MemoryStore};
 use tally_tests::{collective_key, participant_key, verified};
 
@@ -41,25 +41,6 @@ pub struct Step {
     time: Option<u64>,
     #[serde(default)]
     reject: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatternDoc {
-    #[serde(default)]
-    exact: Option<String>,
-    #[serde(default)]
-    prefix: Option<String>,
-}
-
-impl PatternDoc {
-    fn pattern(&self) -> UrlPattern {
-        match (&self.exact, &self.prefix) {
-            (Some(u), None) => UrlPattern::exact(u).expect("scenario URL"),
-            (None, Some(u)) => UrlPattern::prefix(u).expect("scenario prefix"),
-            _ => panic!("a pattern has exactly one of exact or prefix"),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,7 +274,7 @@ pub fn run(name: &str, scenario: &Scenario) -> Run {
             Action::Register { by, pattern, articles, words, tier, partners } => (
                 *by,
                 Body::Register(Register {
-                    pattern: pattern.pattern(),
+                    pattern: pattern.to_pattern(&at).unwrap_or_else(|e| panic!("{e}")),
                     articles: articles.unwrap_or(1),
                     words: *words,
                     tier: Tier::parse(tier).unwrap_or_else(|| panic!("{at}: tier {tier}")),
@@ -309,7 +290,7 @@ pub fn run(name: &str, scenario: &Scenario) -> Run {
             Action::Reserve { by, pattern, usage, reserved } => (
                 *by,
                 Body::Reserve(Reserve {
-                    pattern: pattern.pattern(),
+                    pattern: pattern.to_pattern(&at).unwrap_or_else(|e| panic!("{e}")),
                     usage: Usage::parse(usage).unwrap(),
                     reserved: *reserved,
                     nonce: fresh,

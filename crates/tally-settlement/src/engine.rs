@@ -19,7 +19,7 @@ use tally_core::sig::PublicKeyBytes;
 
 use crate::money::{Account, Posting, share, share_bps, to_units};
 use crate::rejection::Rejection;
-use crate::state::{Overlay, StateError, StateStore, Table, Writes, root_of};
+use crate::state::{Overlay, Resident, StateError, StateStore, Table, Writes, root_of};
 
 /// How far a receipt's fetch time may be ahead of the sequencer's time.
 pub const FETCH_SKEW_MAX_MS: u64 = 5 * 60 * 1000;
@@ -509,30 +509,47 @@ impl<S: StateStore> Engine<S> {
     /// indexed write): equal on the node and on any replay of the same log prefix.
     pub fn state_root(&self) -> Hash {
         let mut records = Vec::new();
-        self.meta.records(&mut records);
-        self.participants.records(&mut records);
-        self.contracts.records(&mut records);
-        self.balances.records(&mut records);
-        self.payouts.records(&mut records);
-        self.disputes.records(&mut records);
-        self.usage.records(&mut records);
-        self.spend.records(&mut records);
+        for table in self.resident() {
+            table.records(&mut records);
+        }
         root_of(records)
     }
 
     /// The writes made since the last call, to commit with the log entries they came from.
     pub fn take_writes(&mut self) -> Writes {
         let mut w = Vec::new();
-        self.meta.flush(&mut w);
-        self.participants.flush(&mut w);
-        self.contracts.flush(&mut w);
-        self.balances.flush(&mut w);
-        self.payouts.flush(&mut w);
-        self.disputes.flush(&mut w);
-        self.usage.flush(&mut w);
-        self.spend.flush(&mut w);
+        for table in self.resident_mut() {
+            table.flush(&mut w);
+        }
         self.overlay.drain(&mut w);
         w
+    }
+
+    /// Every resident table: the one list that the state root and the commit both use.
+    fn resident(&self) -> [&dyn Resident; 8] {
+        [
+            &self.meta,
+            &self.participants,
+            &self.contracts,
+            &self.balances,
+            &self.payouts,
+            &self.disputes,
+            &self.usage,
+            &self.spend,
+        ]
+    }
+
+    fn resident_mut(&mut self) -> [&mut dyn Resident; 8] {
+        [
+            &mut self.meta,
+            &mut self.participants,
+            &mut self.contracts,
+            &mut self.balances,
+            &mut self.payouts,
+            &mut self.disputes,
+            &mut self.usage,
+            &mut self.spend,
+        ]
     }
 
     /// Check the money invariants over the resident state; `Err` names the first broken one.

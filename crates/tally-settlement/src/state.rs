@@ -150,15 +150,25 @@ impl<K: Ord + Clone + Encode + Decode<()>, V: Encode + Decode<()>> Table<K, V> {
         codec::encode_into(k, &mut out);
         out
     }
+}
 
-    pub(crate) fn flush(&mut self, writes: &mut Writes) {
+/// What the engine does with every resident table alike.
+pub(crate) trait Resident {
+    /// Append the changed records (or their deletion) and forget the changes.
+    fn flush(&mut self, writes: &mut Writes);
+    /// Append every record, encoded, for the state root.
+    fn records(&self, out: &mut Pairs);
+}
+
+impl<K: Ord + Clone + Encode + Decode<()>, V: Encode + Decode<()>> Resident for Table<K, V> {
+    fn flush(&mut self, writes: &mut Writes) {
         for k in std::mem::take(&mut self.dirty) {
             let key = self.key_bytes(&k);
             writes.push((key, self.map.get(&k).map(codec::encode)));
         }
     }
 
-    pub(crate) fn records(&self, out: &mut Pairs) {
+    fn records(&self, out: &mut Pairs) {
         for (k, v) in &self.map {
             out.push((self.key_bytes(k), codec::encode(v)));
         }

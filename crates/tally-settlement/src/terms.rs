@@ -75,13 +75,21 @@ struct MultipliersDoc {
     commodity: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A URL pattern in a document: `{"exact": url}` or `{"prefix": url}`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PatternDoc {
+pub struct PatternDoc {
     #[serde(default)]
-    exact: Option<String>,
+    pub exact: Option<String>,
     #[serde(default)]
-    prefix: Option<String>,
+    pub prefix: Option<String>,
+}
+
+impl PatternDoc {
+    /// The canonical pattern; `field` names it in the error.
+    pub fn to_pattern(&self, field: &str) -> Result<UrlPattern, TermsError> {
+        pattern(field, self.exact.as_ref(), self.prefix.as_ref())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,7 +199,7 @@ pub fn parse_terms(json: &str, scale: u8) -> Result<ContractTerms, TermsError> {
     }
     let mut free = Vec::new();
     for (i, p) in d.free_paths.iter().enumerate() {
-        free.push(pattern(&format!("free_paths[{i}]"), p.exact.as_ref(), p.prefix.as_ref())?);
+        free.push(p.to_pattern(&format!("free_paths[{i}]"))?);
     }
     let distribution = match &d.distribution {
         DistributionDoc::PerUsage => Distribution::PerUsage,
