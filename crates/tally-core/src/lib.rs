@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod decimal;
 pub mod entry;
+pub mod httpsig;
 pub mod kinds;
 pub mod merkle;
 pub mod sig;
