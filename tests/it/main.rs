@@ -3,6 +3,7 @@
 
 mod crash;
 mod ledger;
+mod node;
 mod scenarios;
 mod settlement_props;
 mod spec_vectors;

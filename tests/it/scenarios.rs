@@ -190,9 +190,19 @@ impl Keys {
     }
 }
 
-/// The result of running a scenario: the entries appended with their sequencer times.
+/// What the ledger must answer for one submitted entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Appended,
+    Duplicate,
+    Rejected(String),
+}
+
+/// The result of running a scenario: the entries appended with their sequencer times, and
+/// every entry submitted (including refused ones) with what the ledger must answer.
 pub struct Run {
     pub appended: Vec<(VerifiedEntry, u64)>,
+    pub attempts: Vec<(Entry, u64, Expected)>,
     pub engine: Engine<MemoryStore>,
 }
 
@@ -212,6 +222,7 @@ fn genesis_entry() -> Entry {
 pub fn run(name: &str, scenario: &Scenario) -> Run {
     let mut engine = Engine::open(MemoryStore::default()).unwrap();
     let mut appended = Vec::new();
+    let mut attempts = Vec::new();
     let mut clock = CLOCK_START_MS;
     let mut contracts: HashMap<String, Hash> = HashMap::new();
     let mut receipts: HashMap<String, u64> = HashMap::new();
@@ -221,6 +232,7 @@ pub fn run(name: &str, scenario: &Scenario) -> Run {
     let mut dedup = std::collections::HashSet::new();
     let g = verified(genesis_entry());
     engine.apply(&g, 0, clock).unwrap().unwrap();
+    attempts.push((g.entry().clone(), clock, Expected::Appended));
     appended.push((g, clock));
     for (i, step) in scenario.steps.iter().enumerate() {
         let at = format!("{name} step {}", i + 1);
@@ -416,6 +428,12 @@ pub fn run(name: &str, scenario: &Scenario) -> Run {
         };
         let entry = verified(Entry::sign(&keys.get(author), body).unwrap_or_else(|e| panic!("{at}: {e}")));
         let seq = appended.len() as u64;
+        let expected = match step.reject.as_deref() {
+            None => Expected::Appended,
+            Some("duplicate") => Expected::Duplicate,
+            Some(code) => Expected::Rejected(code.to_string()),
+        };
+        attempts.push((entry.entry().clone(), clock, expected));
         if dedup.contains(&entry.dedup_id()) {
             // The ledger answers an entry it already has with the original, before settlement.
             assert_eq!(step.reject.as_deref(), Some("duplicate"), "{at}: the ledger answers this entry as a duplicate");
@@ -471,7 +489,7 @@ pub fn run(name: &str, scenario: &Scenario) -> Run {
         let writes = engine.take_writes();
         engine.store_mut().apply(writes);
     }
-    Run { appended, engine }
+    Run { appended, attempts, engine }
 }
 
 pub fn examples_dir() -> PathBuf {

@@ -571,6 +571,21 @@ impl Sequencer {
         {
             store.batch_put(batch, CF_HISTORY, &history_key(&key_id(&d.publisher_key), seq), &[]);
         }
+        // Indexes for the node: who an entry concerns, what a non-receipt moved, and where a
+        // leaf is.
+        let mut parties: Vec<u64> = effect.postings.iter().filter_map(|p| p.account.party()).collect();
+        if let Some(author) = engine.participant_by_key(entry.author()) {
+            parties.push(author);
+        }
+        parties.sort_unstable();
+        parties.dedup();
+        for party in parties {
+            store.batch_put(batch, CF_PARTIES, &party_key(party, seq), &[]);
+        }
+        if effect.charge.is_none() && !effect.postings.is_empty() {
+            store.batch_put(batch, CF_EFFECTS, &seq_key(seq), &tally_core::codec::encode(&effect.postings));
+        }
+        store.batch_put(batch, CF_LEAF_INDEX, &leaf_hash, &seq_key(seq));
         let position = Position { seq, time_ms: group.time_ms, leaf_hash };
         store.batch_put(batch, CF_DEDUP, &id, &seq_key(seq));
         group.appended.insert(id, position);

@@ -14,7 +14,7 @@ use tally_core::entry::{Entry, LeafRecord};
 use tally_core::merkle::NodeReader;
 use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, hash_up, node_base};
 use tally_settlement::state::Pairs;
-use tally_settlement::{StateError, StateStore};
+use tally_settlement::{Posting, StateError, StateStore};
 
 use crate::error::LedgerError;
 
@@ -26,8 +26,22 @@ pub(crate) const CF_DEDUP: &str = "dedup";
 pub(crate) const CF_HISTORY: &str = "history";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_STATE: &str = "state";
-const COLUMN_FAMILIES: [&str; 8] =
-    [CF_ENTRIES, CF_LEAVES, CF_HASHES, CF_CHECKPOINTS, CF_DEDUP, CF_HISTORY, CF_META, CF_STATE];
+pub(crate) const CF_PARTIES: &str = "parties";
+pub(crate) const CF_EFFECTS: &str = "effects";
+pub(crate) const CF_LEAF_INDEX: &str = "leaf_index";
+const COLUMN_FAMILIES: [&str; 11] = [
+    CF_ENTRIES,
+    CF_LEAVES,
+    CF_HASHES,
+    CF_CHECKPOINTS,
+    CF_DEDUP,
+    CF_HISTORY,
+    CF_META,
+    CF_STATE,
+    CF_PARTIES,
+    CF_EFFECTS,
+    CF_LEAF_INDEX,
+];
 
 /// `meta` key holding the tree size (u64 big-endian), written in every append batch.
 pub(crate) const META_SIZE: &[u8] = b"size";
@@ -41,6 +55,14 @@ pub(crate) fn hash_key(level: u8, index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = level;
     k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// `parties` key: participant id then sequence number, both big-endian.
+pub(crate) fn party_key(party: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&party.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -80,7 +102,7 @@ impl Store {
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             let mut table = BlockBasedOptions::default();
-            if *name == CF_DEDUP || *name == CF_STATE {
+            if *name == CF_DEDUP || *name == CF_STATE || *name == CF_LEAF_INDEX {
                 // Dedup lookups and registry probes (one per URL prefix) are mostly misses:
                 // a bloom filter answers them without I/O.
                 table.set_bloom_filter(10.0, false);
@@ -226,6 +248,61 @@ impl Store {
             None => Ok(None),
             Some(v) => Ok(Some(be_u64(&v, "dedup value")?)),
         }
+    }
+
+    /// Sequence numbers of the entries that moved money of participant `party` or that it
+    /// authored, from `from`, at most `limit`.
+    pub fn party_entries(&self, party: u64, from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
+        let start = party_key(party, from);
+        let iter = self.db.iterator_cf(self.cf(CF_PARTIES), IteratorMode::From(&start, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, _) = item?;
+            if k.len() != 16 || k[..8] != party.to_be_bytes() || out.len() == limit {
+                break;
+            }
+            out.push(be_u64(&k[8..], "parties key")?);
+        }
+        Ok(out)
+    }
+
+    /// The postings of the non-receipt entry at `seq`, if it moved money (a receipt's are in
+    /// its settlement charge record).
+    pub fn effects(&self, seq: u64) -> Result<Option<Vec<Posting>>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_EFFECTS), seq_key(seq))? {
+            None => Ok(None),
+            Some(v) => tally_core::codec::decode_exact(&v)
+                .map(Some)
+                .map_err(|e| LedgerError::Corrupted(format!("effects {seq}: {e}"))),
+        }
+    }
+
+    /// The position of the leaf with this leaf hash.
+    pub fn seq_of_leaf(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_LEAF_INDEX), leaf_hash)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(be_u64(&v, "leaf index value")?)),
+        }
+    }
+
+    /// Up to `limit` (leaf record, entry bytes) pairs from `from`, below `end`, in order.
+    pub fn export(&self, from: u64, end: u64, limit: usize) -> Result<Pairs, LedgerError> {
+        let to = end.min(from.saturating_add(limit as u64));
+        let leaves = self.leaf_records(from, to)?;
+        let mut out = Vec::with_capacity(leaves.len());
+        let iter = self.db.iterator_cf(self.cf(CF_ENTRIES), IteratorMode::From(&seq_key(from), Direction::Forward));
+        for (leaf, item) in leaves.into_iter().zip(iter) {
+            let (k, v) = item?;
+            let seq = be_u64(&k, "entry key")?;
+            if seq != from + out.len() as u64 {
+                return Err(LedgerError::Corrupted(format!("entry {} is missing", from + out.len() as u64)));
+            }
+            out.push((leaf, v.to_vec()));
+        }
+        if out.len() as u64 != to - from {
+            return Err(LedgerError::Corrupted(format!("entries {from}..{to} are incomplete")));
+        }
+        Ok(out)
     }
 
     /// Sequence numbers of entries involving `party` (a key id), from `from`, at most `limit`.

@@ -478,6 +478,11 @@ impl<S: StateStore> Engine<S> {
         self.usage.iter()
     }
 
+    /// What contract `contract_seq` has charged in the open period (for its spend cap).
+    pub fn spent(&self, contract_seq: u64) -> u64 {
+        self.spend.get(&contract_seq).copied().unwrap_or(0)
+    }
+
     pub fn pending_payouts(&self) -> impl Iterator<Item = (&(u32, u64), &PayoutRecord)> {
         self.payouts.iter()
     }

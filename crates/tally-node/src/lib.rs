@@ -1,0 +1,200 @@
+//! Tally's node: the HTTP API over one ledger (`specs/api.md`, `specs/openapi.json`).
+//!
+//! [`Node::start`] opens the ledger in the data directory with the collective's key and
+//! serves: submission (`POST /v1/entries`), authenticated reads (RFC 9421 signatures by a
+//! participant's key), the public C2SP tlog-tiles read API with proofs, the auditor's
+//! export stream, and `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tally_ledger::{Ledger, LedgerConfig};
+use tokio::sync::oneshot;
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+
+pub use config::{FileConfig, NodeConfig};
+use problem::Problem;
+
+/// The OpenAPI 3.1 description the node serves at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../specs/openapi.json");
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub ledger: Ledger,
+    pub config: NodeConfig,
+    pub metrics: metrics::Metrics,
+    pub nonces: auth::ReplayCache,
+}
+
+impl AppState {
+    pub fn asset_scale(&self) -> u8 {
+        self.ledger.genesis().map_or(0, |g| g.asset_scale)
+    }
+
+    pub fn asset_code(&self) -> String {
+        self.ledger.genesis().map(|g| g.asset_code).unwrap_or_default()
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] tally_ledger::LedgerError),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
+}
+
+async fn count_responses(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.metrics.responses.add(response.status().as_str(), 1);
+    response
+}
+
+async fn overloaded(error: tower::BoxError) -> Problem {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        Problem::unavailable("timeout", "the request took too long")
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        Problem::unavailable("overloaded", "too many requests in progress; retry shortly")
+    } else {
+        tracing::error!(%error, "middleware failure");
+        Problem::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+}
+
+/// The router over a shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .concurrency_limit(state.config.concurrent_requests_max)
+        .timeout(Duration::from_millis(state.config.request_timeout_ms));
+    Router::new()
+        .route("/v1/entries", post(api::submit))
+        .route("/v1/me", get(api::me))
+        .route("/v1/balances", get(api::all_balances))
+        .route("/v1/parties/{party}/balances", get(api::balances))
+        .route("/v1/parties/{party}/history", get(api::history))
+        .route("/v1/parties/{party}/statement", get(api::statement))
+        .route("/v1/labs/{lab}/spend", get(api::spend))
+        .route("/v1/quote", get(api::quote))
+        .route("/v1/access", get(api::access))
+        .route("/v1/export", get(api::export))
+        .route("/checkpoint", get(api::checkpoint))
+        .route("/tile/{*path}", get(api::tile))
+        .route("/v1/proof/inclusion", get(api::inclusion))
+        .route("/v1/proof/consistency", get(api::consistency))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(api::openapi))
+        .fallback(api::not_found)
+        // The submission handler enforces the configured body limit itself (with a
+        // problem document); no other route reads a body.
+        .layer(DefaultBodyLimit::disable())
+        .layer(limits)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    pub addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// Open the ledger and start serving on `config.listen` (port 0 picks a free port).
+    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        Self::start_with_clock(config, None).await
+    }
+
+    /// [`Node::start`] with the sequencer's clock given (tests replaying dated scenarios).
+    pub async fn start_with_clock(config: NodeConfig, clock: Option<tally_ledger::Clock>) -> Result<Node, StartError> {
+        let key = config::read_key(&config.key_file)?;
+        let mut ledger_config = LedgerConfig::new(Some(key));
+        if let Some(clock) = clock {
+            ledger_config.clock = clock;
+        }
+        ledger_config.checkpoint_interval_ms = config.checkpoint_interval_ms;
+        std::fs::create_dir_all(&config.data).map_err(|e| config::ConfigError::Invalid {
+            field: "data",
+            reason: format!("{}: {e}", config.data.display()),
+        })?;
+        let ledger = Ledger::open(&config.data, ledger_config)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| StartError::Listen { addr: config.listen, error })?;
+        let addr = listener.local_addr().map_err(|error| StartError::Listen { addr: config.listen, error })?;
+        let state = Arc::new(AppState {
+            ledger,
+            config,
+            metrics: metrics::Metrics::default(),
+            nonces: auth::ReplayCache::default(),
+        });
+        let app = router(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, size = state.ledger.size(), "tally node listening");
+        Ok(Node { addr, state, stop: Some(stop), server })
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stop accepting connections, let in-flight requests finish (their batches are synced
+    /// before they are answered), then stop the sequencer, which signs a final checkpoint.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = (&mut self.server).await {
+            tracing::error!(error = %e, "server task failed");
+        }
+        // Streams still holding the state (an export in progress) finish on their own; wait
+        // briefly for the last reference, then close the ledger.
+        let mut state = self.state;
+        for _ in 0..100 {
+            match Arc::try_unwrap(state) {
+                Ok(inner) => {
+                    tokio::task::spawn_blocking(move || inner.ledger.shutdown()).await.ok();
+                    tracing::info!("tally node stopped; final checkpoint signed");
+                    return;
+                }
+                Err(shared) => {
+                    state = shared;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::warn!("state still shared at shutdown; the ledger closes when the last reference drops");
+    }
+}

@@ -1,0 +1,144 @@
+//! Prometheus metrics in the text exposition format (version 0.0.4): counters with one
+//! label, and fixed-bucket histograms. Small enough to keep here rather than pull in a
+//! metrics stack.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if value <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Ordering::Relaxed));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Counters keyed by one label value.
+#[derive(Debug, Default)]
+pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
+
+impl LabeledCounter {
+    pub fn add(&self, label: &str, n: u64) {
+        *self.0.lock().expect("metrics lock").entry(label.to_string()).or_insert(0) += n;
+    }
+
+    fn render(&self, name: &str, label: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (value, n) in self.0.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+        }
+    }
+}
+
+const SECONDS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const SIZES: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
+
+/// Everything the node counts.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Entries appended, by kind.
+    pub appended: LabeledCounter,
+    /// Entries answered as duplicates.
+    pub duplicates: AtomicU64,
+    /// Entries refused by settlement, by code.
+    pub rejected: LabeledCounter,
+    /// Entries refused before the sequencer (decoding or signatures), by code.
+    pub invalid: LabeledCounter,
+    /// Responses by status code.
+    pub responses: LabeledCounter,
+    /// Entries per submission.
+    pub batch_entries: Histogram,
+    /// Time from handing a batch to the ledger until it is durable.
+    pub commit_seconds: Histogram,
+    /// Time to decode and verify a batch.
+    pub verify_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            appended: LabeledCounter::default(),
+            duplicates: AtomicU64::new(0),
+            rejected: LabeledCounter::default(),
+            invalid: LabeledCounter::default(),
+            responses: LabeledCounter::default(),
+            batch_entries: Histogram::new(SIZES),
+            commit_seconds: Histogram::new(SECONDS),
+            verify_seconds: Histogram::new(SECONDS),
+        }
+    }
+}
+
+impl Metrics {
+    /// The exposition text; `size` is the ledger's committed size.
+    pub fn render(&self, size: u64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP tally_ledger_entries Entries committed to the log.\n# TYPE tally_ledger_entries gauge"
+        );
+        let _ = writeln!(out, "tally_ledger_entries {size}");
+        self.appended.render("tally_entries_appended_total", "kind", "Entries appended, by kind.", &mut out);
+        let _ = writeln!(
+            out,
+            "# HELP tally_entries_duplicate_total Entries answered with an earlier position.\n# TYPE tally_entries_duplicate_total counter\ntally_entries_duplicate_total {}",
+            self.duplicates.load(Ordering::Relaxed)
+        );
+        self.rejected.render(
+            "tally_entries_rejected_total",
+            "code",
+            "Entries refused by settlement, by code.",
+            &mut out,
+        );
+        self.invalid.render(
+            "tally_entries_invalid_total",
+            "code",
+            "Entries refused before sequencing (decoding, signature verification), by code.",
+            &mut out,
+        );
+        self.responses.render("tally_http_responses_total", "status", "HTTP responses, by status code.", &mut out);
+        self.batch_entries.render("tally_submit_batch_entries", "Entries per submission.", &mut out);
+        self.commit_seconds.render(
+            "tally_commit_seconds",
+            "Time from handing a batch to the sequencer until it is durable.",
+            &mut out,
+        );
+        self.verify_seconds.render("tally_verify_seconds", "Time to decode and verify a submission.", &mut out);
+        out
+    }
+}
