@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tally_core::checkpoint::open_checkpoint;
 use tally_core::entry::{Entry, LeafRecord};
-use tally_core::httpsig::{self, ParamValue, RequestParts, SignatureInput};
+use tally_core::httpsig::{self, ParamValue, SignatureInput};
 use tally_core::kinds::{Admit, Role};
 use tally_core::merkle::{self, NodeReader};
 use tally_core::sig::SigningKey;
@@ -122,32 +122,17 @@ fn now_s() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// Sign a GET the way a client does (`specs/api.md`, "Authentication").
+/// Sign a GET the way a client does (`specs/api.md`, "Authentication"), after `tweak`.
 fn sign_get(
     key: &SigningKey,
     authority: &str,
     path_and_query: &str,
     tweak: impl FnOnce(&mut SignatureInput),
 ) -> (String, String) {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (path_and_query.to_string(), None),
-    };
-    let msg = RequestParts { method: "GET".into(), authority: authority.into(), path, query, headers: vec![] };
-    let created = now_s();
-    let mut input = SignatureInput {
-        label: "tally".into(),
-        components: ["@method", "@authority", "@path", "@query"].iter().map(|s| s.to_string()).collect(),
-        params: vec![
-            ("created".into(), ParamValue::Integer(created)),
-            ("expires".into(), ParamValue::Integer(created + 60)),
-            ("nonce".into(), ParamValue::String(hex::encode(rand::random::<[u8; 16]>()))),
-            ("keyid".into(), ParamValue::String(hex::encode(key.public_bytes()))),
-            ("alg".into(), ParamValue::String("ed25519".into())),
-        ],
-    };
+    let parts = tally_node::auth::get_parts(&format!("http://{authority}{path_and_query}")).unwrap();
+    let mut input = tally_node::auth::signature_input(key, 60);
     tweak(&mut input);
-    httpsig::sign(&msg, &input, key).unwrap()
+    httpsig::sign(&parts, &input, key).unwrap()
 }
 
 fn code(v: &Value) -> &str {

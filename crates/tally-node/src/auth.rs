@@ -184,3 +184,53 @@ impl FromRequestParts<std::sync::Arc<AppState>> for Caller {
         authenticate(state, parts)
     }
 }
+
+/// The parts of a GET of `url` (`http(s)://authority/path[?query]`) that a signature covers.
+pub fn get_parts(url: &str) -> Result<httpsig::RequestParts, httpsig::HttpSigError> {
+    let bad =
+        || httpsig::HttpSigError::Malformed { header: "URL", reason: "expected http(s)://authority/path[?query]" };
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or_else(bad)?;
+    let (authority, path_and_query) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (path_and_query, None),
+    };
+    Ok(httpsig::RequestParts {
+        method: "GET".into(),
+        authority: authority.into(),
+        path: path.into(),
+        query,
+        headers: Vec::new(),
+    })
+}
+
+/// The signature parameters this node requires, for `key`, valid `valid_s` seconds from
+/// now, with a random nonce.
+pub fn signature_input(key: &tally_core::sig::SigningKey, valid_s: i64) -> httpsig::SignatureInput {
+    let created = now_s();
+    httpsig::SignatureInput {
+        label: "tally".into(),
+        components: REQUIRED_COMPONENTS.iter().map(|c| c.to_string()).collect(),
+        params: vec![
+            ("created".into(), httpsig::ParamValue::Integer(created)),
+            ("expires".into(), httpsig::ParamValue::Integer(created + valid_s)),
+            ("nonce".into(), httpsig::ParamValue::String(hex::encode(rand::random::<[u8; 16]>()))),
+            ("keyid".into(), httpsig::ParamValue::String(hex::encode(key.public_bytes()))),
+            ("alg".into(), httpsig::ParamValue::String("ed25519".into())),
+        ],
+    }
+}
+
+/// Sign a GET of `url` the way this node checks it: the `Signature-Input` and `Signature`
+/// header fields.
+pub fn sign_get(
+    key: &tally_core::sig::SigningKey,
+    url: &str,
+    valid_s: i64,
+) -> Result<[(&'static str, String); 2], httpsig::HttpSigError> {
+    let (input, signature) = httpsig::sign(&get_parts(url)?, &signature_input(key, valid_s), key)?;
+    Ok([("Signature-Input", input), ("Signature", signature)])
+}

@@ -40,6 +40,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print RFC 9421 signature headers for a GET of URL, signed with a key file, for
+    /// `curl -H @file` (valid 60 s, single use).
+    SignRequest {
+        /// The participant's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The full URL, e.g. http://127.0.0.1:8700/v1/me
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +73,13 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         Command::Keygen { out } => {
             let key = tally_node::config::write_new_key(&out)?;
             println!("{}", hex::encode(key.public_bytes()));
+            Ok(())
+        }
+        Command::SignRequest { key, url } => {
+            let key = tally_node::config::read_key(&key)?;
+            for (name, value) in tally_node::auth::sign_get(&key, &url, 60)? {
+                println!("{name}: {value}");
+            }
             Ok(())
         }
         Command::Node { data, config, listen, key_file } => {
