@@ -605,3 +605,36 @@ async fn operations_endpoints_and_shutdown() {
     let ledger = tally_ledger::Ledger::open(&data, tally_ledger::LedgerConfig::new(None)).unwrap();
     assert_eq!(ledger.latest_checkpoint().map(|(s, _)| s), Some(size), "shutdown signed a final checkpoint");
 }
+
+/// Under pressure the node answers at once instead of queueing: a slow client holding the
+/// only request slot makes the next request get `503 overloaded`, and the slow request
+/// itself ends with `503 timeout`; neither affects later requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_and_slow_clients_get_503() {
+    let node = start_with(None, |c| {
+        c.concurrent_requests_max = Some(1);
+        c.request_timeout_ms = Some(500);
+    })
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"entries\": [".to_vec())).await.unwrap();
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let slow = node
+        .http
+        .post(format!("{}/v1/entries", node.base))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = node.get("/healthz").await;
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(code(&r.json().await.unwrap()), "overloaded");
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(code(&r.json().await.unwrap()), "timeout");
+    drop(tx);
+    assert_eq!(node.get("/healthz").await.status().as_u16(), 200);
+    node.node.shutdown().await;
+}

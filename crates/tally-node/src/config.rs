@@ -145,3 +145,46 @@ pub fn write_new_key(path: &Path) -> Result<SigningKey, ConfigError> {
     writeln!(file, "{}", hex::encode(key.seed())).map_err(|e| err(e.to_string()))?;
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flags and environment win over the file; the file over defaults; bad values are named.
+    #[test]
+    fn layers_and_checks() {
+        let file: FileConfig =
+            toml::from_str("data = \"/srv/tally\"\nlisten = \"0.0.0.0:9000\"\nrequest_timeout_ms = 5\n").unwrap();
+        let flags = FileConfig { listen: Some("127.0.0.1:1".parse().unwrap()), ..FileConfig::default() };
+        let c = flags.or(file).resolve().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.data, PathBuf::from("/srv/tally"));
+        assert_eq!(c.request_timeout_ms, 5);
+        assert_eq!(c.key_file, PathBuf::from("/srv/tally/collective.key"));
+        assert_eq!(c.entries_per_request_max, 4096);
+        assert!(matches!(FileConfig::default().resolve(), Err(ConfigError::Missing("data"))));
+        let bad = FileConfig { data: Some("/d".into()), entries_per_request_max: Some(5000), ..FileConfig::default() };
+        assert!(matches!(bad.resolve(), Err(ConfigError::Invalid { field: "entries_per_request_max", .. })));
+        assert!(toml::from_str::<FileConfig>("dta = 1").is_err(), "unknown keys are refused");
+    }
+
+    /// A key file round-trips, is private, and is never overwritten.
+    #[test]
+    fn key_files() {
+        let dir = std::env::temp_dir().join(format!("tally-key-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k");
+        let _ = std::fs::remove_file(&path);
+        let key = write_new_key(&path).unwrap();
+        assert_eq!(read_key(&path).unwrap().public_bytes(), key.public_bytes());
+        assert!(write_new_key(&path).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&path, "zz").unwrap();
+        assert!(matches!(read_key(&path), Err(ConfigError::Key { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -81,10 +81,12 @@ async fn overloaded(error: tower::BoxError) -> Problem {
 
 /// The router over a shared state.
 pub fn router(state: Arc<AppState>) -> Router {
+    // `Router::layer` wraps every route separately, so the limit must share one semaphore
+    // across them (a per-route limit would let each route have its own N requests).
     let limits = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
-        .concurrency_limit(state.config.concurrent_requests_max)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.concurrent_requests_max))
         .timeout(Duration::from_millis(state.config.request_timeout_ms));
     Router::new()
         .route("/v1/entries", post(api::submit))
