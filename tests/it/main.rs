@@ -1,6 +1,7 @@
 //! Tally's integration tests, linked once: known-answer vectors, the durable ledger, and
 //! crash recovery under SIGKILL.
 
+mod audit;
 mod crash;
 mod ledger;
 mod node;

@@ -129,7 +129,7 @@ fn sign_get(
     path_and_query: &str,
     tweak: impl FnOnce(&mut SignatureInput),
 ) -> (String, String) {
-    let parts = tally_node::auth::get_parts(&format!("http://{authority}{path_and_query}")).unwrap();
+    let parts = httpsig::get_parts(&format!("http://{authority}{path_and_query}")).unwrap();
     let mut input = tally_node::auth::signature_input(key, 60);
     tweak(&mut input);
     httpsig::sign(&parts, &input, key).unwrap()

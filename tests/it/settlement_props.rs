@@ -368,6 +368,38 @@ impl World {
     }
 }
 
+/// A random but valid-and-invalid mix of `ops` operations from `seed`, applied: the
+/// logged entries with their sequencer times (for the auditor's tests).
+pub fn random_log(seed: u64, ops: usize) -> Vec<(VerifiedEntry, u64)> {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+        ProptestConfig::default(),
+        proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &{
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&seed.to_le_bytes());
+            s
+        }),
+    );
+    let ops = prop::collection::vec(op(), ops).new_tree(&mut runner).unwrap().current();
+    let mut w = World {
+        engine: Engine::open(MemoryStore::default()).unwrap(),
+        appended: Vec::new(),
+        clock: START_MS,
+        receipts: Vec::new(),
+        nonce: seed << 32,
+        rejections: 0,
+        codes: Default::default(),
+    };
+    w.apply(COLLECTIVE_ID, genesis(&collective_key()).body().clone());
+    for (author, body) in opening() {
+        w.apply(author, body);
+    }
+    for op in &ops {
+        w.run(op);
+    }
+    w.appended
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]

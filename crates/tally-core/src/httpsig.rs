@@ -247,6 +247,47 @@ pub fn sign(msg: &impl Message, input: &SignatureInput, key: &SigningKey) -> Res
     Ok((format!("{}={}", input.label, input.serialize()), format!("{}=:{}:", input.label, B64.encode(signature))))
 }
 
+/// Components every Tally signature covers.
+pub const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@query"];
+
+/// The parts of a GET of `url` (`http(s)://authority/path[?query]`) that a signature covers.
+pub fn get_parts(url: &str) -> Result<RequestParts, HttpSigError> {
+    let bad = || HttpSigError::Malformed { header: "URL", reason: "expected http(s)://authority/path[?query]" };
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or_else(bad)?;
+    let (authority, path_and_query) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (path_and_query, None),
+    };
+    Ok(RequestParts {
+        method: "GET".into(),
+        authority: authority.into(),
+        path: path.into(),
+        query,
+        headers: Vec::new(),
+    })
+}
+
+/// The signature parameters a Tally node requires (`specs/api.md`): the four components,
+/// `created`, `expires = created + valid_s`, `nonce`, `keyid` (the key as hex) and
+/// `alg="ed25519"`. The caller supplies the time and a fresh random nonce.
+pub fn tally_input(key: &SigningKey, created: i64, valid_s: i64, nonce: String) -> SignatureInput {
+    SignatureInput {
+        label: "tally".into(),
+        components: REQUIRED_COMPONENTS.iter().map(|c| c.to_string()).collect(),
+        params: vec![
+            ("created".into(), ParamValue::Integer(created)),
+            ("expires".into(), ParamValue::Integer(created + valid_s)),
+            ("nonce".into(), ParamValue::String(nonce)),
+            ("keyid".into(), ParamValue::String(hex::encode(key.public_bytes()))),
+            ("alg".into(), ParamValue::String("ed25519".into())),
+        ],
+    }
+}
+
 /// A request described by its parts, for signing on the client side and for tests.
 #[derive(Debug, Clone)]
 pub struct RequestParts {

@@ -24,6 +24,7 @@ use tally_core::entry::{Body, Entry, LeafRecord, VerifiedEntry, key_id};
 use tally_core::merkle::{self, Frontier, NodeReader, ProofError};
 use tally_core::sig::{PublicKey, SigningKey};
 use tally_core::tile::{TILE_HEIGHT, tile_width};
+use tally_settlement::state::{STATE_ROOT_EXTENSION, state_root_of};
 use tally_settlement::{Effect, Engine, Rejection};
 use tokio::sync::oneshot;
 
@@ -80,10 +81,6 @@ pub struct Position {
     pub time_ms: u64,
     pub leaf_hash: Hash,
 }
-
-/// The prefix of the checkpoint extension line that carries the settlement state root:
-/// `state <base64 of the 32-byte root>`.
-pub const STATE_ROOT_EXTENSION: &str = "state ";
 
 /// The answer for one entry of an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -637,11 +634,4 @@ impl Sequencer {
         *self.published.checkpoint.write().expect("lock") = Some((size, note));
         Ok(())
     }
-}
-
-/// The settlement state root a checkpoint note carries, if any.
-pub fn state_root_of(note: &str) -> Option<Hash> {
-    let body = note.split("\n\n").next()?;
-    let line = body.lines().skip(3).find_map(|l| l.strip_prefix(STATE_ROOT_EXTENSION))?;
-    B64.decode(line).ok()?.try_into().ok()
 }

@@ -12,7 +12,8 @@ mod store;
 pub use error::LedgerError;
 pub use ledger::{
     Clock, ENTRIES_PER_APPEND_MAX, GROUP_ENTRIES_MAX, GenesisInfo, Ledger, LedgerConfig, Outcome, Position,
-    QUEUE_REQUESTS_MAX, STATE_ROOT_EXTENSION, state_root_of, system_clock,
+    QUEUE_REQUESTS_MAX, system_clock,
 };
 pub use store::Store;
 pub use tally_settlement::Rejection;
+pub use tally_settlement::state::{STATE_ROOT_EXTENSION, state_root_of};

@@ -330,6 +330,20 @@ impl Store {
             .transpose()
     }
 
+    /// Signed checkpoints from size `from` on, at most `limit`, in size order.
+    pub fn checkpoints(&self, from: u64, limit: usize) -> Result<Vec<(u64, String)>, LedgerError> {
+        let iter = self.db.iterator_cf(self.cf(CF_CHECKPOINTS), IteratorMode::From(&seq_key(from), Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item?;
+            let size = be_u64(&k, "checkpoint key")?;
+            let note = String::from_utf8(v.to_vec())
+                .map_err(|_| LedgerError::Corrupted(format!("checkpoint {size} is not UTF-8")))?;
+            out.push((size, note));
+        }
+        Ok(out)
+    }
+
     /// The newest signed checkpoint note and its size.
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, LedgerError> {
         match self.last_seq(CF_CHECKPOINTS)? {

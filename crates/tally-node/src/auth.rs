@@ -25,8 +25,7 @@ use crate::problem::Problem;
 pub const CLOCK_SKEW_S: i64 = 5;
 /// Most remembered nonces; past this (after dropping expired ones) signed reads get 503.
 pub const NONCES_MAX: usize = 1_000_000;
-/// Components every signature must cover.
-pub const REQUIRED_COMPONENTS: [&str; 4] = ["@method", "@authority", "@path", "@query"];
+pub use tally_core::httpsig::REQUIRED_COMPONENTS;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,43 +184,10 @@ impl FromRequestParts<std::sync::Arc<AppState>> for Caller {
     }
 }
 
-/// The parts of a GET of `url` (`http(s)://authority/path[?query]`) that a signature covers.
-pub fn get_parts(url: &str) -> Result<httpsig::RequestParts, httpsig::HttpSigError> {
-    let bad =
-        || httpsig::HttpSigError::Malformed { header: "URL", reason: "expected http(s)://authority/path[?query]" };
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or_else(bad)?;
-    let (authority, path_and_query) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_string())),
-        None => (path_and_query, None),
-    };
-    Ok(httpsig::RequestParts {
-        method: "GET".into(),
-        authority: authority.into(),
-        path: path.into(),
-        query,
-        headers: Vec::new(),
-    })
-}
-
 /// The signature parameters this node requires, for `key`, valid `valid_s` seconds from
 /// now, with a random nonce.
 pub fn signature_input(key: &tally_core::sig::SigningKey, valid_s: i64) -> httpsig::SignatureInput {
-    let created = now_s();
-    httpsig::SignatureInput {
-        label: "tally".into(),
-        components: REQUIRED_COMPONENTS.iter().map(|c| c.to_string()).collect(),
-        params: vec![
-            ("created".into(), httpsig::ParamValue::Integer(created)),
-            ("expires".into(), httpsig::ParamValue::Integer(created + valid_s)),
-            ("nonce".into(), httpsig::ParamValue::String(hex::encode(rand::random::<[u8; 16]>()))),
-            ("keyid".into(), httpsig::ParamValue::String(hex::encode(key.public_bytes()))),
-            ("alg".into(), httpsig::ParamValue::String("ed25519".into())),
-        ],
-    }
+    httpsig::tally_input(key, now_s(), valid_s, hex::encode(rand::random::<[u8; 16]>()))
 }
 
 /// Sign a GET of `url` the way this node checks it: the `Signature-Input` and `Signature`
@@ -231,6 +197,6 @@ pub fn sign_get(
     url: &str,
     valid_s: i64,
 ) -> Result<[(&'static str, String); 2], httpsig::HttpSigError> {
-    let (input, signature) = httpsig::sign(&get_parts(url)?, &signature_input(key, valid_s), key)?;
+    let (input, signature) = httpsig::sign(&httpsig::get_parts(url)?, &signature_input(key, valid_s), key)?;
     Ok([("Signature-Input", input), ("Signature", signature)])
 }

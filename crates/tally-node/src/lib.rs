@@ -100,6 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/access", get(api::access))
         .route("/v1/export", get(api::export))
         .route("/checkpoint", get(api::checkpoint))
+        .route("/v1/checkpoints", get(api::checkpoints))
         .route("/tile/{*path}", get(api::tile))
         .route("/v1/proof/inclusion", get(api::inclusion))
         .route("/v1/proof/consistency", get(api::consistency))

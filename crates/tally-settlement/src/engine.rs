@@ -557,6 +557,18 @@ impl<S: StateStore> Engine<S> {
         ]
     }
 
+    /// The per-entry money check, O(1): the money inside the ledger (the negated world
+    /// account) equals all deposits less all confirmed payouts.
+    pub fn check_money(&self) -> Result<(), String> {
+        let Some(meta) = self.meta() else { return Ok(()) };
+        let inside = -self.balance(Account::World);
+        let expected = meta.deposits as i128 - meta.paid_out as i128;
+        if inside != expected {
+            return Err(format!("money inside the ledger is {inside}, deposits less payouts is {expected}"));
+        }
+        Ok(())
+    }
+
     /// Check the money invariants over the resident state; `Err` names the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         let total: i128 = self.balances.iter().map(|(_, b)| *b).sum();

@@ -240,3 +240,16 @@ impl Overlay {
         writes.extend(std::mem::take(&mut self.pending));
     }
 }
+
+/// The prefix of the checkpoint extension line that carries the settlement state root:
+/// `state <base64 of the 32-byte root>` (`specs/settlement.md`).
+pub const STATE_ROOT_EXTENSION: &str = "state ";
+
+/// The settlement state root a checkpoint note carries, if any. Only meaningful for a note
+/// whose signature was checked.
+pub fn state_root_of(note: &str) -> Option<Hash> {
+    use base64::Engine as _;
+    let body = note.split("\n\n").next()?;
+    let line = body.lines().skip(3).find_map(|l| l.strip_prefix(STATE_ROOT_EXTENSION))?;
+    base64::engine::general_purpose::STANDARD.decode(line).ok()?.try_into().ok()
+}

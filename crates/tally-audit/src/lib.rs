@@ -1,0 +1,443 @@
+//! Offline replay of a Tally ledger: trust nothing but the pinned origin and collective key.
+//!
+//! [`Auditor`] takes the export records (leaf record and full entry, in order), the signed
+//! checkpoints and, optionally, tiles and entry bundles served by the node. It checks:
+//!
+//! 1. every leaf record is in sequence and describes its entry (canonical bytes);
+//! 2. every signature, under the same acceptance rule as the node (batch verification on
+//!    every core, one item at a time where a batch fails);
+//! 3. the Merkle tree rebuilt from the leaf records against every signed checkpoint, and
+//!    every given tile and entry bundle against the rebuilt tree;
+//! 4. settlement re-executed from empty state: every logged entry applies, its postings sum
+//!    to zero, money inside equals deposits less payouts after every entry, the full
+//!    invariants at every checkpoint, and the state root equals the one signed there.
+//!
+//! The first failure stops the replay and is reported with its sequence number.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use tally_core::Hash;
+use tally_core::checkpoint::open_checkpoint;
+use tally_core::entry::{Entry, LeafRecord, VerifiedEntry, verify_entries};
+use tally_core::merkle::Frontier;
+use tally_core::sig::PublicKey;
+use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, TilePath, parse_entry_bundle};
+use tally_settlement::state::state_root_of;
+use tally_settlement::terms::format_amount;
+use tally_settlement::{Engine, MemoryStore};
+
+/// Export records: (leaf record bytes, entry bytes), in log order.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Entries verified together (split across cores), then applied in order.
+pub const CHUNK_ENTRIES: usize = 8192;
+
+/// What the auditor trusts: the log's origin and the collective's key, from outside.
+#[derive(Debug, Clone)]
+pub struct Pins {
+    pub origin: String,
+    pub key: PublicKey,
+}
+
+/// The first thing that did not check out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    /// The first sequence number involved (for a checkpoint: its size; for a tile: its
+    /// first leaf), if one applies.
+    pub seq: Option<u64>,
+    /// What differed.
+    pub what: String,
+}
+
+/// The audit's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub entries: u64,
+    pub checkpoints: usize,
+    pub tiles: usize,
+    pub bundles: usize,
+    /// The tree root and settlement state root after the last entry replayed.
+    pub root: String,
+    pub state_root: String,
+    /// Every non-zero account after the replay, as exact amounts.
+    pub balances: BTreeMap<String, String>,
+    pub divergence: Option<Divergence>,
+}
+
+impl Report {
+    /// A few lines for people.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} entries replayed; {} signed checkpoints, {} tiles and {} entry bundles checked\n\
+             tree root {}\nstate root {}\n{} accounts with a balance\n",
+            self.entries,
+            self.checkpoints,
+            self.tiles,
+            self.bundles,
+            self.root,
+            self.state_root,
+            self.balances.len()
+        );
+        match &self.divergence {
+            None => s.push_str("AUDIT PASSED: every signature, tree hash, checkpoint and state root checks out\n"),
+            Some(d) => s.push_str(&format!(
+                "AUDIT FAILED at {}: {}\n",
+                d.seq.map_or("the log as a whole".to_string(), |q| format!("sequence number {q}")),
+                d.what
+            )),
+        }
+        s
+    }
+}
+
+/// A replay in progress: feed records in order, then finish.
+pub struct Auditor {
+    pins: Pins,
+    /// Signed checkpoints not yet reached, by size: (note, verified root).
+    checkpoints: BTreeMap<u64, (String, Hash)>,
+    checked: usize,
+    frontier: Frontier,
+    /// Node hashes at tile heights (0, 8, 16, ...), to compare tiles with.
+    tile_hashes: HashMap<u8, Vec<Hash>>,
+    leaves: Vec<Vec<u8>>,
+    /// Level-0 hashes from the node's tiles, by leaf index: each leaf is checked against
+    /// them as it is replayed, so a difference is named at its own position.
+    served_leaves: HashMap<u64, Hash>,
+    /// Tiles and bundles as served, checked against the rebuilt tree at the end.
+    served: Vec<(String, Vec<u8>)>,
+    pending: Vec<(LeafRecord, Vec<u8>, Entry)>,
+    engine: Engine<MemoryStore>,
+    divergence: Option<Divergence>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor").field("entries", &self.frontier.size()).field("divergence", &self.divergence).finish()
+    }
+}
+
+fn fail(seq: Option<u64>, what: impl Into<String>) -> Divergence {
+    Divergence { seq, what: what.into() }
+}
+
+impl Auditor {
+    /// Start an audit with the signed checkpoints and the tiles and entry bundles the node
+    /// serves (`(path, bytes)`, path like `tile/0/x001/234.p/17`; may be empty). Every
+    /// checkpoint's signature is checked here, under the pins.
+    pub fn new(pins: Pins, checkpoint_notes: Vec<String>, served: Vec<(String, Vec<u8>)>) -> Self {
+        let mut checkpoints = BTreeMap::new();
+        let mut divergence = None;
+        for note in checkpoint_notes {
+            match open_checkpoint(&note, &pins.origin, &pins.key) {
+                Ok(cp) => {
+                    checkpoints.insert(cp.size, (note, cp.root));
+                }
+                Err(e) => {
+                    let size = note.lines().nth(1).and_then(|l| l.parse().ok());
+                    divergence
+                        .get_or_insert(fail(size, format!("checkpoint does not verify under the pinned key: {e}")));
+                }
+            }
+        }
+        let mut served_leaves = HashMap::new();
+        for (path, bytes) in &served {
+            if let Some(TilePath::Hashes { level: 0, index, .. }) = TilePath::parse(path) {
+                for (i, chunk) in bytes.chunks_exact(32).enumerate() {
+                    served_leaves.insert(index * TILE_WIDTH + i as u64, chunk.try_into().expect("32 bytes"));
+                }
+            }
+        }
+        Self {
+            pins,
+            checkpoints,
+            served_leaves,
+            served,
+            checked: 0,
+            frontier: Frontier::new(),
+            tile_hashes: HashMap::new(),
+            leaves: Vec::new(),
+            pending: Vec::with_capacity(CHUNK_ENTRIES),
+            engine: Engine::open(MemoryStore::default()).expect("memory state cannot fail"),
+            divergence,
+        }
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// Entries replayed so far.
+    pub fn replayed(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.divergence.is_some()
+    }
+
+    /// Feed the next export record (leaf record bytes, entry bytes). Returns `false` once
+    /// the audit has failed (later records are ignored).
+    pub fn push(&mut self, leaf: &[u8], entry: &[u8]) -> bool {
+        if self.divergence.is_some() {
+            return false;
+        }
+        let seq = self.frontier.size() + self.pending.len() as u64;
+        let record = match LeafRecord::decode(leaf) {
+            Ok(r) => r,
+            Err(e) => {
+                self.divergence = Some(fail(Some(seq), format!("leaf record does not decode: {e}")));
+                return false;
+            }
+        };
+        if record.seq != seq {
+            self.divergence = Some(fail(
+                Some(seq),
+                format!("expected the record of entry {seq}, got entry {} (missing or reordered)", record.seq),
+            ));
+            return false;
+        }
+        let entry = match Entry::decode(entry) {
+            Ok(e) => e,
+            Err(e) => {
+                self.divergence = Some(fail(Some(seq), format!("entry is not canonical: {} ({})", e, e.code())));
+                return false;
+            }
+        };
+        if self.served_leaves.get(&seq).is_some_and(|h| *h != record.leaf_hash()) {
+            self.divergence = Some(fail(Some(seq), "the leaf record's hash differs from the node's level-0 tile"));
+            return false;
+        }
+        if !record.matches(&entry) {
+            self.divergence = Some(fail(
+                Some(seq),
+                "the leaf record does not describe the entry (commitment, kind, author or version)",
+            ));
+            return false;
+        }
+        self.pending.push((record, leaf.to_vec(), entry));
+        if self.pending.len() >= CHUNK_ENTRIES {
+            self.flush();
+        }
+        self.divergence.is_none()
+    }
+
+    /// Verify the pending chunk on every core, then apply it in order.
+    fn flush(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() || self.divergence.is_some() {
+            return;
+        }
+        let entries: Vec<Entry> = pending.iter().map(|(_, _, e)| e.clone()).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let per = entries.len().div_ceil(threads);
+        let verdicts: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = entries.chunks(per).map(|c| s.spawn(move || verify_entries(c))).collect();
+            handles.into_iter().flat_map(|h| h.join().expect("verification thread")).collect()
+        });
+        for ((record, leaf, entry), verdict) in pending.into_iter().zip(verdicts) {
+            let seq = record.seq;
+            if let Err(e) = verdict {
+                self.divergence = Some(fail(Some(seq), format!("signature does not verify: {e} ({})", e.code())));
+                return;
+            }
+            let verified: VerifiedEntry = match entry.verify() {
+                Ok(v) => v,
+                Err(e) => {
+                    self.divergence = Some(fail(Some(seq), format!("signature does not verify: {e}")));
+                    return;
+                }
+            };
+            if !self.apply(seq, &record, &leaf, &verified) {
+                return;
+            }
+        }
+    }
+
+    fn apply(&mut self, seq: u64, record: &LeafRecord, leaf: &[u8], entry: &VerifiedEntry) -> bool {
+        let tile_hashes = &mut self.tile_hashes;
+        self.frontier.append(record.leaf_hash(), |height, index, hash| {
+            if height % TILE_HEIGHT == 0 {
+                let level = tile_hashes.entry(height).or_default();
+                debug_assert_eq!(level.len() as u64, index);
+                level.push(*hash);
+            }
+        });
+        self.leaves.push(leaf.to_vec());
+        match self.engine.apply(entry, seq, record.time_ms) {
+            Err(e) => {
+                self.divergence = Some(fail(Some(seq), format!("settlement state failed: {e}")));
+                return false;
+            }
+            Ok(Err(r)) => {
+                self.divergence =
+                    Some(fail(Some(seq), format!("settlement refuses a logged entry: {} ({r})", r.code())));
+                return false;
+            }
+            Ok(Ok(effect)) => {
+                let sum: i128 = effect.postings.iter().map(|p| p.amount).sum();
+                if sum != 0 {
+                    self.divergence = Some(fail(Some(seq), format!("postings sum to {sum}, not zero")));
+                    return false;
+                }
+            }
+        }
+        let writes = self.engine.take_writes();
+        self.engine.store_mut().apply(writes);
+        if let Err(e) = self.engine.check_money() {
+            self.divergence = Some(fail(Some(seq), e));
+            return false;
+        }
+        let size = seq + 1;
+        if let Some((note, root)) = self.checkpoints.remove(&size) {
+            self.checked += 1;
+            if self.frontier.root() != root {
+                self.divergence =
+                    Some(fail(Some(size), format!("the tree root at {size} differs from the signed checkpoint")));
+                return false;
+            }
+            if let Err(e) = self.engine.check_invariants() {
+                self.divergence = Some(fail(Some(size), format!("invariant broken at checkpoint {size}: {e}")));
+                return false;
+            }
+            match state_root_of(&note) {
+                Some(signed) if signed == self.engine.state_root() => {}
+                Some(_) => {
+                    self.divergence = Some(fail(
+                        Some(size),
+                        format!(
+                            "the settlement state root signed at {size} differs from the replayed one (the node's state diverged)"
+                        ),
+                    ));
+                    return false;
+                }
+                None => {
+                    self.divergence = Some(fail(Some(size), format!("checkpoint {size} carries no state root")));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Finish: apply what is pending, check the served tiles and bundles against the
+    /// rebuilt tree, and report.
+    pub fn finish(mut self) -> Report {
+        self.flush();
+        let size = self.frontier.size();
+        if self.divergence.is_none()
+            && let Some((&cp, _)) = self.checkpoints.iter().next()
+        {
+            self.divergence =
+                Some(fail(Some(cp), format!("a checkpoint signs size {cp} but the export ends at {size}")));
+        }
+        let (mut tile_count, mut bundle_count) = (0, 0);
+        if self.divergence.is_none() {
+            let served = std::mem::take(&mut self.served);
+            for (path, bytes) in &served {
+                match self.check_tile(path, bytes, size) {
+                    Ok(true) => bundle_count += 1,
+                    Ok(false) => tile_count += 1,
+                    Err(d) => {
+                        self.divergence = Some(d);
+                        break;
+                    }
+                }
+            }
+        }
+        let scale = self.engine.meta().map_or(0, |m| m.asset_scale);
+        Report {
+            ok: self.divergence.is_none(),
+            entries: size,
+            checkpoints: self.checked,
+            tiles: tile_count,
+            bundles: bundle_count,
+            root: hex::encode(self.frontier.root()),
+            state_root: hex::encode(self.engine.state_root()),
+            balances: self.engine.balances().map(|(a, b)| (a.label(), format_amount(*b, scale))).collect(),
+            divergence: self.divergence,
+        }
+    }
+
+    /// `Ok(true)` for a matching bundle, `Ok(false)` for a matching tile.
+    fn check_tile(&self, path: &str, bytes: &[u8], size: u64) -> Result<bool, Divergence> {
+        let parsed = TilePath::parse(path).ok_or_else(|| fail(None, format!("{path} is not a tile path")))?;
+        match parsed {
+            TilePath::Hashes { level, index, width } => {
+                let first = index * TILE_WIDTH;
+                let first_leaf = first << (u32::from(level) * u32::from(TILE_HEIGHT));
+                let hashes = self.tile_hashes.get(&(level * TILE_HEIGHT)).map_or(&[][..], |v| &v[..]);
+                let end = first + u64::from(width);
+                if end > hashes.len() as u64 {
+                    return Err(fail(Some(first_leaf), format!("tile {path} goes beyond the replayed tree of {size}")));
+                }
+                let expected = &hashes[first as usize..end as usize];
+                if bytes.len() != expected.len() * 32 {
+                    return Err(fail(
+                        Some(first_leaf),
+                        format!("tile {path} has {} bytes, not {}", bytes.len(), expected.len() * 32),
+                    ));
+                }
+                if let Some(i) = expected.iter().zip(bytes.chunks_exact(32)).position(|(e, b)| &e[..] != b) {
+                    let leaf = (first + i as u64) << (u32::from(level) * u32::from(TILE_HEIGHT));
+                    return Err(fail(Some(leaf), format!("tile {path} differs from the replayed tree at hash {i}")));
+                }
+                Ok(false)
+            }
+            TilePath::Entries { index, width } => {
+                let first = index * TILE_WIDTH;
+                let end = first + u64::from(width);
+                if end > self.leaves.len() as u64 {
+                    return Err(fail(Some(first), format!("bundle {path} goes beyond the replayed log of {size}")));
+                }
+                // The bundle these leaf records make; a difference is named by the record
+                // holding its first differing byte.
+                let mut expected = Vec::new();
+                let mut starts = Vec::new();
+                for leaf in &self.leaves[first as usize..end as usize] {
+                    starts.push(expected.len());
+                    expected.extend_from_slice(&(leaf.len() as u16).to_be_bytes());
+                    expected.extend_from_slice(leaf);
+                }
+                if expected != bytes {
+                    let at =
+                        expected.iter().zip(bytes).position(|(a, b)| a != b).unwrap_or(expected.len().min(bytes.len()));
+                    let record = starts.partition_point(|s| *s <= at).saturating_sub(1);
+                    let seq = first + record as u64;
+                    let detail = match parse_entry_bundle(bytes) {
+                        Err(e) => format!("bundle {path} is malformed ({e})"),
+                        Ok(_) => format!("bundle {path} differs from the exported leaf records"),
+                    };
+                    return Err(fail(Some(seq), detail));
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Parse an export stream (`u32le len || leaf || u32le len || entry`, repeated) into
+/// records; `Err` names the byte offset where it is cut.
+pub fn parse_export(mut bytes: &[u8]) -> Result<Records, String> {
+    let mut out = Vec::new();
+    let mut offset = 0usize;
+    let take = |bytes: &mut &[u8], offset: &mut usize| -> Result<Vec<u8>, String> {
+        let (len, rest) =
+            bytes.split_first_chunk::<4>().ok_or(format!("export cut inside a length at byte {offset}"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(format!("export cut inside a record at byte {offset}"));
+        }
+        let v = rest[..len].to_vec();
+        *bytes = &rest[len..];
+        *offset += 4 + len;
+        Ok(v)
+    };
+    while !bytes.is_empty() {
+        let leaf = take(&mut bytes, &mut offset)?;
+        let entry = take(&mut bytes, &mut offset)?;
+        out.push((leaf, entry));
+    }
+    Ok(out)
+}
