@@ -2,6 +2,7 @@
 //! crash recovery under SIGKILL.
 
 mod audit;
+mod client;
 mod crash;
 mod ledger;
 mod node;

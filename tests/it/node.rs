@@ -21,14 +21,14 @@ use tally_node::{FileConfig, Node};
 use tally_settlement::{Engine, MemoryStore};
 use tally_tests::*;
 
-struct TestNode {
-    node: Node,
+pub(crate) struct TestNode {
+    pub(crate) node: Node,
     http: reqwest::Client,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
-async fn start_with(clock: Option<Arc<AtomicU64>>, tweak: impl FnOnce(&mut FileConfig)) -> TestNode {
+pub(crate) async fn start_with(clock: Option<Arc<AtomicU64>>, tweak: impl FnOnce(&mut FileConfig)) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("collective.key");
     std::fs::write(&key_file, hex::encode(collective_key().seed())).unwrap();
@@ -47,7 +47,7 @@ async fn start_with(clock: Option<Arc<AtomicU64>>, tweak: impl FnOnce(&mut FileC
     TestNode { node, http: reqwest::Client::new(), base, _dir: dir }
 }
 
-async fn start() -> TestNode {
+pub(crate) async fn start() -> TestNode {
     start_with(None, |_| {}).await
 }
 
@@ -59,7 +59,7 @@ impl TestNode {
         (status, r.json().await.unwrap())
     }
 
-    async fn submit_ok(&self, entries: &[Entry]) -> Vec<Value> {
+    pub(crate) async fn submit_ok(&self, entries: &[Entry]) -> Vec<Value> {
         let (status, v) = self.submit(entries).await;
         assert_eq!(status, 200, "{v}");
         v["results"].as_array().unwrap().clone()
@@ -101,7 +101,7 @@ impl TestNode {
 
     /// The checkpoint, once it covers the whole log (it is signed just after a group is
     /// answered, so a client may briefly see the previous one).
-    async fn checkpoint_at_size(&self) -> String {
+    pub(crate) async fn checkpoint_at_size(&self) -> String {
         let size = self.node.state().ledger.size();
         for _ in 0..200 {
             let note = self.get("/checkpoint").await.text().await.unwrap();
@@ -140,7 +140,7 @@ fn code(v: &Value) -> &str {
 }
 
 /// Participants of the standard set-up plus an auditor, a witness and a stranger.
-const AUDITOR: u64 = 2000;
+pub(crate) const AUDITOR: u64 = 2000;
 const WITNESS: u64 = 2001;
 
 fn admit(id: u64, role: Role) -> Entry {
@@ -156,7 +156,7 @@ fn admit(id: u64, role: Role) -> Entry {
     .unwrap()
 }
 
-async fn standard(node: &TestNode) {
+pub(crate) async fn standard(node: &TestNode) {
     let mut entries = setup(2);
     entries.push(admit(AUDITOR, Role::Auditor));
     entries.push(admit(WITNESS, Role::Witness));
