@@ -339,6 +339,7 @@ async fn role_matrix() {
         (format!("/v1/parties/{p}/balances"), &["collective", "publisher", "auditor"]),
         (format!("/v1/parties/{p}/history"), &["collective", "publisher", "auditor"]),
         (format!("/v1/parties/{p}/statement?period=0"), &["collective", "publisher", "auditor"]),
+        (format!("/v1/parties/{p}/payouts"), &["collective", "publisher", "auditor"]),
         ("/v1/labs/1/spend".into(), &["collective", "lab1", "auditor"]),
         ("/v1/labs/2/spend".into(), &["collective", "lab2", "auditor"]),
         (
@@ -583,7 +584,10 @@ async fn operations_endpoints_and_shutdown() {
         "/v1/parties/{party}/balances",
         "/v1/parties/{party}/history",
         "/v1/parties/{party}/statement",
+        "/v1/parties/{party}/payouts",
         "/v1/labs/{lab}/spend",
+        "/v1/info",
+        "/v1/checkpoints",
         "/v1/quote",
         "/v1/access",
         "/v1/export",
@@ -637,4 +641,30 @@ async fn overload_and_slow_clients_get_503() {
     drop(tx);
     assert_eq!(node.get("/healthz").await.status().as_u16(), 200);
     node.node.shutdown().await;
+}
+
+/// The README's first command: the demo runs end to end over HTTP (it fails if its own
+/// audit fails), and its ledger, reopened afterwards, passes an independent audit pinned to
+/// the collective key it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_and_its_ledger_audits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    tally_node::demo::run(Some(data.clone()), 300, false).await.unwrap();
+    let key = tally_node::config::read_key(&data.join("collective.key")).unwrap();
+    let ledger = tally_ledger::Ledger::open(&data.join("ledger"), tally_ledger::LedgerConfig::new(None)).unwrap();
+    let store = ledger.store();
+    let size = ledger.size();
+    let records = store.export(0, size, usize::MAX).unwrap();
+    let notes: Vec<String> = store.checkpoints(0, usize::MAX).unwrap().into_iter().map(|(_, n)| n).collect();
+    let origin = ledger.genesis().unwrap().origin;
+    let pins = tally_audit::Pins { origin, key: key.public_key() };
+    let mut auditor = tally_audit::Auditor::new(pins, notes, Vec::new());
+    for (leaf, entry) in &records {
+        assert!(auditor.push(leaf, entry));
+    }
+    let report = auditor.finish();
+    assert!(report.ok, "{}", report.summary());
+    assert!(report.entries > 3_300 && report.checkpoints > 0);
+    assert!(report.balances.contains_key("fee") && report.balances.contains_key("unclaimed"), "{:?}", report.balances);
 }

@@ -360,6 +360,11 @@ impl Crawler {
         self.pending.len()
     }
 
+    /// The signed receipts not yet submitted (to keep for a later resend).
+    pub fn pending_entries(&self) -> &[Entry] {
+        &self.pending
+    }
+
     /// Submit everything queued, in batches of [`BATCH_RECEIPTS`], with safe retries. On an
     /// error the unsent receipts stay queued (with their nonces) for the next flush.
     pub async fn flush(&mut self) -> Result<Vec<EntryResult>, ClientError> {

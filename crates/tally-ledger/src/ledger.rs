@@ -413,7 +413,22 @@ struct Group {
 
 impl Sequencer {
     fn run(mut self, rx: Receiver<Command>) {
-        while let Ok(first) = rx.recv() {
+        // An idle log still gets a checkpoint over its last entries once the interval has
+        // passed, so clients are never left without one covering acknowledged entries.
+        let idle = std::time::Duration::from_millis(self.checkpoint_interval_ms.clamp(1, 60_000));
+        loop {
+            let first = match rx.recv_timeout(idle) {
+                Ok(cmd) => cmd,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // As after a commit: a failed checkpoint is reported and tried again later;
+                    // nothing is signed that does not check out.
+                    if let Err(e) = self.maybe_checkpoint(false) {
+                        eprintln!("tally-ledger: checkpoint failed: {e}");
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut appends = Vec::new();
             let mut checkpoint_replies = Vec::new();
             let mut entries = 0usize;

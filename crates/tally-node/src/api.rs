@@ -520,6 +520,43 @@ pub async fn statement(
 }
 
 #[derive(Debug, Serialize)]
+pub struct PayoutView {
+    period: u32,
+    amount: String,
+    /// `pending`, `confirmed` or `failed`.
+    status: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PayoutsView {
+    participant: u64,
+    payouts: Vec<PayoutView>,
+}
+
+/// `GET /v1/parties/{party}/payouts`: every payout created for the party, by period.
+pub async fn payouts(
+    State(state): Shared,
+    caller: Caller,
+    Path(party): Path<u64>,
+) -> Result<Json<PayoutsView>, Problem> {
+    caller.may_read(party)?;
+    let engine = state.ledger.settlement()?;
+    let open = engine.meta().map_or(0, |m| m.period);
+    let mut payouts = Vec::new();
+    for period in 0..open {
+        if let Some(p) = engine.payout(period, party)? {
+            let status = match p.status {
+                tally_settlement::engine::PAYOUT_PENDING => "pending",
+                tally_settlement::engine::PAYOUT_CONFIRMED => "confirmed",
+                _ => "failed",
+            };
+            payouts.push(PayoutView { period, amount: amount(&state, p.amount as i128), status });
+        }
+    }
+    Ok(Json(PayoutsView { participant: party, payouts }))
+}
+
+#[derive(Debug, Serialize)]
 pub struct ContractSpend {
     contract: String,
     name: String,
@@ -687,6 +724,34 @@ pub async fn export(State(state): Shared, caller: Caller, Query(q): Query<PageQu
 
 // ---------------------------------------------------------------------------------------
 // Public audit API.
+
+#[derive(Debug, Serialize)]
+pub struct InfoView {
+    origin: String,
+    collective_key: String,
+    asset_code: String,
+    asset_scale: u8,
+    size: u64,
+    period: u32,
+}
+
+/// `GET /v1/info`: what this ledger is (unauthenticated and unverified: clients pin the
+/// origin and key from elsewhere and use this only for display and the asset's scale).
+pub async fn info(State(state): Shared) -> Result<Json<InfoView>, Problem> {
+    let g = state
+        .ledger
+        .genesis()
+        .ok_or_else(|| Problem::not_found("no-genesis", "the ledger has no genesis entry yet"))?;
+    let period = state.ledger.settlement()?.meta().map_or(0, |m| m.period);
+    Ok(Json(InfoView {
+        origin: g.origin,
+        collective_key: hex::encode(g.collective_key.as_bytes()),
+        asset_code: g.asset_code,
+        asset_scale: g.asset_scale,
+        size: state.ledger.size(),
+        period,
+    }))
+}
 
 /// `GET /checkpoint`: the newest signed checkpoint (C2SP tlog-checkpoint).
 pub async fn checkpoint(State(state): Shared) -> Result<Response, Problem> {

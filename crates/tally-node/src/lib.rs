@@ -7,7 +7,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod problem;
 
@@ -95,10 +97,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/parties/{party}/balances", get(api::balances))
         .route("/v1/parties/{party}/history", get(api::history))
         .route("/v1/parties/{party}/statement", get(api::statement))
+        .route("/v1/parties/{party}/payouts", get(api::payouts))
         .route("/v1/labs/{lab}/spend", get(api::spend))
         .route("/v1/quote", get(api::quote))
         .route("/v1/access", get(api::access))
         .route("/v1/export", get(api::export))
+        .route("/v1/info", get(api::info))
         .route("/checkpoint", get(api::checkpoint))
         .route("/v1/checkpoints", get(api::checkpoints))
         .route("/tile/{*path}", get(api::tile))
@@ -199,5 +203,23 @@ impl Node {
             }
         }
         tracing::warn!("state still shared at shutdown; the ledger closes when the last reference drops");
+    }
+}
+
+/// Wait for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
