@@ -30,13 +30,7 @@ fn verification(receipts: &[Entry]) {
     assert!(verify_entries(sample).iter().all(Result::is_ok));
     let batch = rate(n, t.elapsed());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for chunk in sample.chunks(n.div_ceil(threads)) {
-            s.spawn(move || assert!(verify_entries(chunk).iter().all(Result::is_ok)));
-        }
-    });
-    let all_cores = rate(n, t.elapsed());
+    let all_cores = tally_benches::ceiling(sample);
     // Reference point on this machine: ed25519-dalek's own strict verifier on the same
     // messages (it parses each key once up front, as a node's key registry would).
     let prepared: Vec<(ed25519_dalek::VerifyingKey, Vec<u8>, ed25519_dalek::Signature)> = sample

@@ -38,3 +38,40 @@ pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{cpu}, {cores} cores")
 }
+
+/// The machine's ceiling for a ledger that verifies every receipt: batch verification of
+/// `sample` split across every core, in receipts per second.
+pub fn ceiling(sample: &[Entry]) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for chunk in sample.chunks(sample.len().div_ceil(threads)) {
+            s.spawn(move || assert!(tally_core::entry::verify_entries(chunk).iter().all(Result::is_ok)));
+        }
+    });
+    sample.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Peak resident set size of a process, from `/proc/<pid>/status` (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes of every file under `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                total += dir_bytes(&path);
+            } else if let Ok(m) = e.metadata() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}

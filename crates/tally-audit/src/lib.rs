@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tally_core::Hash;
 use tally_core::checkpoint::open_checkpoint;
-use tally_core::entry::{Entry, LeafRecord, VerifiedEntry, verify_entries};
+use tally_core::entry::{Entry, LeafRecord, VerifiedEntry, verify_all};
 use tally_core::merkle::Frontier;
 use tally_core::sig::PublicKey;
 use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, TilePath, parse_entry_bundle};
@@ -229,23 +229,27 @@ impl Auditor {
         if pending.is_empty() || self.divergence.is_some() {
             return;
         }
-        let entries: Vec<Entry> = pending.iter().map(|(_, _, e)| e.clone()).collect();
+        let (meta, entries): (Vec<(LeafRecord, Vec<u8>)>, Vec<Entry>) =
+            pending.into_iter().map(|(r, l, e)| ((r, l), e)).unzip();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let per = entries.len().div_ceil(threads);
+        let mut chunks: Vec<Vec<Entry>> = Vec::new();
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let tail = rest.split_off(per.min(rest.len()));
+            chunks.push(rest);
+            rest = tail;
+        }
         let verdicts: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = entries.chunks(per).map(|c| s.spawn(move || verify_entries(c))).collect();
+            let handles: Vec<_> = chunks.into_iter().map(|c| s.spawn(move || verify_all(c))).collect();
             handles.into_iter().flat_map(|h| h.join().expect("verification thread")).collect()
         });
-        for ((record, leaf, entry), verdict) in pending.into_iter().zip(verdicts) {
+        for ((record, leaf), verdict) in meta.into_iter().zip(verdicts) {
             let seq = record.seq;
-            if let Err(e) = verdict {
-                self.divergence = Some(fail(Some(seq), format!("signature does not verify: {e} ({})", e.code())));
-                return;
-            }
-            let verified: VerifiedEntry = match entry.verify() {
+            let verified = match verdict {
                 Ok(v) => v,
                 Err(e) => {
-                    self.divergence = Some(fail(Some(seq), format!("signature does not verify: {e}")));
+                    self.divergence = Some(fail(Some(seq), format!("signature does not verify: {e} ({})", e.code())));
                     return;
                 }
             };

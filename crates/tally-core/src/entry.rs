@@ -588,6 +588,13 @@ pub fn verify_entries(entries: &[Entry]) -> Vec<Result<(), EntryError>> {
     results
 }
 
+/// [`verify_entries`], keeping the entries: each becomes a [`VerifiedEntry`] or its error.
+/// The batch fast path's verdict is final; nothing is verified twice.
+pub fn verify_all(entries: Vec<Entry>) -> Vec<Result<VerifiedEntry, EntryError>> {
+    let verdicts = verify_entries(&entries);
+    entries.into_iter().zip(verdicts).map(|(e, v)| v.map(|()| VerifiedEntry(e))).collect()
+}
+
 /// Sign a delivery countersignature for a receipt core, as a publisher's edge would.
 pub fn sign_delivery(publisher: &SigningKey, core: &ReceiptCore) -> Delivery {
     let signature = publisher.sign(&[DELIVERY_DOMAIN, &codec::encode(core)]);

@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use rocksdb::WriteBatch;
 use tally_core::Hash;
 use tally_core::checkpoint::{Checkpoint, open_checkpoint};
-use tally_core::entry::{Body, Entry, LeafRecord, VerifiedEntry, key_id};
+use tally_core::entry::{Body, Entry, LeafRecord, VerifiedEntry};
 use tally_core::merkle::{self, Frontier, NodeReader, ProofError};
 use tally_core::sig::{PublicKey, SigningKey};
 use tally_core::tile::{TILE_HEIGHT, tile_width};
@@ -577,17 +577,16 @@ impl Sequencer {
                 store.batch_put(batch, CF_HASHES, &hash_key(level, index), hash);
             }
         });
-        store.batch_put(batch, CF_HISTORY, &history_key(&leaf.author_key_id, seq), &[]);
-        if let Body::Receipt(r) = entry.body()
-            && let Some(d) = &r.delivery
-        {
-            store.batch_put(batch, CF_HISTORY, &history_key(&key_id(&d.publisher_key), seq), &[]);
-        }
         // Indexes for the node: who an entry concerns, what a non-receipt moved, and where a
         // leaf is.
         let mut parties: Vec<u64> = effect.postings.iter().filter_map(|p| p.account.party()).collect();
         if let Some(author) = engine.participant_by_key(entry.author()) {
             parties.push(author);
+        }
+        if let Body::Receipt(r) = entry.body()
+            && let Some(publisher) = r.delivery.as_ref().and_then(|d| engine.participant_by_key(&d.publisher_key))
+        {
+            parties.push(publisher);
         }
         parties.sort_unstable();
         parties.dedup();
@@ -597,7 +596,7 @@ impl Sequencer {
         if effect.charge.is_none() && !effect.postings.is_empty() {
             store.batch_put(batch, CF_EFFECTS, &seq_key(seq), &tally_core::codec::encode(&effect.postings));
         }
-        store.batch_put(batch, CF_LEAF_INDEX, &leaf_hash, &seq_key(seq));
+        store.batch_put(batch, CF_LEAF_INDEX, &leaf_index_key(&leaf_hash, seq), &[]);
         let position = Position { seq, time_ms: group.time_ms, leaf_hash };
         store.batch_put(batch, CF_DEDUP, &id, &seq_key(seq));
         group.appended.insert(id, position);

@@ -23,19 +23,17 @@ pub(crate) const CF_LEAVES: &str = "leaves";
 pub(crate) const CF_HASHES: &str = "hashes";
 pub(crate) const CF_CHECKPOINTS: &str = "checkpoints";
 pub(crate) const CF_DEDUP: &str = "dedup";
-pub(crate) const CF_HISTORY: &str = "history";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_STATE: &str = "state";
 pub(crate) const CF_PARTIES: &str = "parties";
 pub(crate) const CF_EFFECTS: &str = "effects";
 pub(crate) const CF_LEAF_INDEX: &str = "leaf_index";
-const COLUMN_FAMILIES: [&str; 11] = [
+const COLUMN_FAMILIES: [&str; 10] = [
     CF_ENTRIES,
     CF_LEAVES,
     CF_HASHES,
     CF_CHECKPOINTS,
     CF_DEDUP,
-    CF_HISTORY,
     CF_META,
     CF_STATE,
     CF_PARTIES,
@@ -66,10 +64,11 @@ pub(crate) fn party_key(party: u64, seq: u64) -> [u8; 16] {
     k
 }
 
-/// `history` key: party key id then sequence number, so a party's history is one range.
-pub(crate) fn history_key(party: &[u8; 8], seq: u64) -> [u8; 16] {
+/// `leaf_index` key: the first 8 bytes of a leaf hash, then the sequence number, so the
+/// index costs 16 bytes a leaf; a lookup checks each candidate's full leaf hash.
+pub(crate) fn leaf_index_key(leaf_hash: &Hash, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
-    k[..8].copy_from_slice(party);
+    k[..8].copy_from_slice(&leaf_hash[..8]);
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
@@ -102,7 +101,7 @@ impl Store {
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             let mut table = BlockBasedOptions::default();
-            if *name == CF_DEDUP || *name == CF_STATE || *name == CF_LEAF_INDEX {
+            if *name == CF_DEDUP || *name == CF_STATE {
                 // Dedup lookups and registry probes (one per URL prefix) are mostly misses:
                 // a bloom filter answers them without I/O.
                 table.set_bloom_filter(10.0, false);
@@ -279,10 +278,19 @@ impl Store {
 
     /// The position of the leaf with this leaf hash.
     pub fn seq_of_leaf(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
-        match self.db.get_cf(self.cf(CF_LEAF_INDEX), leaf_hash)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(be_u64(&v, "leaf index value")?)),
+        let prefix = &leaf_hash[..8];
+        let iter = self.db.iterator_cf(self.cf(CF_LEAF_INDEX), IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (k, _) = item?;
+            if k.len() != 16 || &k[..8] != prefix {
+                break;
+            }
+            let seq = be_u64(&k[8..], "leaf index key")?;
+            if self.leaf(seq)?.is_some_and(|l| l.leaf_hash() == *leaf_hash) {
+                return Ok(Some(seq));
+            }
         }
+        Ok(None)
     }
 
     /// Up to `limit` (leaf record, entry bytes) pairs from `from`, below `end`, in order.
@@ -301,21 +309,6 @@ impl Store {
         }
         if out.len() as u64 != to - from {
             return Err(LedgerError::Corrupted(format!("entries {from}..{to} are incomplete")));
-        }
-        Ok(out)
-    }
-
-    /// Sequence numbers of entries involving `party` (a key id), from `from`, at most `limit`.
-    pub fn history(&self, party: &[u8; 8], from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
-        let start = history_key(party, from);
-        let iter = self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward));
-        let mut out = Vec::new();
-        for item in iter {
-            let (k, _) = item?;
-            if k.len() != 16 || k[..8] != party[..] || out.len() == limit {
-                break;
-            }
-            out.push(be_u64(&k[8..], "history key")?);
         }
         Ok(out)
     }

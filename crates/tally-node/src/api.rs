@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use tally_core::Hash;
-use tally_core::entry::{Body as EntryBody, Entry, EntryKind, LeafRecord, Usage, VerifiedEntry, verify_entries};
+use tally_core::entry::{Body as EntryBody, Entry, EntryKind, LeafRecord, Usage, VerifiedEntry, verify_all};
 use tally_core::kinds::Role;
 use tally_core::tile::TilePath;
 use tally_ledger::{Outcome, Position};
@@ -25,6 +25,9 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::config::PAGE_ENTRIES_MAX;
 use crate::problem::Problem;
+
+/// Submissions with at least this many entries are verified on two threads.
+const PARALLEL_VERIFY_MIN: usize = 64;
 
 /// Media type of the binary submission body: entries, each behind its length as a u32
 /// little-endian.
@@ -158,11 +161,15 @@ fn too_many(max: usize) -> Problem {
 
 /// Decode and verify on the blocking pool: entries that pass, with their request index,
 /// and results for those that do not.
-fn check_entries(raw: Vec<Result<Vec<u8>, &'static str>>) -> (Vec<(usize, VerifiedEntry)>, Vec<EntryResult>) {
+fn check_entries(
+    raw: Vec<Result<Vec<u8>, &'static str>>,
+    offset: usize,
+) -> (Vec<(usize, VerifiedEntry)>, Vec<EntryResult>) {
     let mut invalid = Vec::new();
     let mut decoded = Vec::with_capacity(raw.len());
     let mut indices = Vec::with_capacity(raw.len());
     for (index, r) in raw.into_iter().enumerate() {
+        let index = index + offset;
         let bytes = match r {
             Ok(b) => b,
             Err(detail) => {
@@ -190,10 +197,9 @@ fn check_entries(raw: Vec<Result<Vec<u8>, &'static str>>) -> (Vec<(usize, Verifi
             }),
         }
     }
-    let verdicts = verify_entries(&decoded);
     let mut valid = Vec::with_capacity(decoded.len());
-    for ((index, entry), verdict) in indices.into_iter().zip(decoded).zip(verdicts) {
-        match verdict.and_then(|()| entry.verify()) {
+    for (index, verdict) in indices.into_iter().zip(verify_all(decoded)) {
+        match verdict {
             Ok(v) => valid.push((index, v)),
             Err(e) => invalid.push(EntryResult {
                 index,
@@ -242,9 +248,18 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
     state.metrics.batch_entries.observe(raw.len() as f64);
     let count = raw.len();
     let started = Instant::now();
-    let (valid, mut results) = tokio::task::spawn_blocking(move || check_entries(raw))
-        .await
-        .map_err(|_| Problem::unavailable("verification-failed", "verification did not complete"))?;
+    // A large submission is verified in two halves on two blocking threads, so one request
+    // is not held to one core's speed.
+    let mut raw = raw;
+    let second = if raw.len() >= PARALLEL_VERIFY_MIN { raw.split_off(raw.len() / 2) } else { Vec::new() };
+    let offset = raw.len();
+    let first = tokio::task::spawn_blocking(move || check_entries(raw, 0));
+    let second = tokio::task::spawn_blocking(move || check_entries(second, offset));
+    let failed = |_| Problem::unavailable("verification-failed", "verification did not complete");
+    let (mut valid, mut results) = first.await.map_err(failed)?;
+    let (valid2, results2) = second.await.map_err(failed)?;
+    valid.extend(valid2);
+    results.extend(results2);
     state.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
     for r in &results {
         state.metrics.invalid.add(r.code.unwrap_or("invalid"), 1);
@@ -285,11 +300,8 @@ fn outcome_view(
             state.metrics.appended.add(kind.as_str(), 1);
             r.status = "appended";
             position_fields(&mut r, &p);
-            if let Some(c) = &effect.charge {
-                let record = state.ledger.settlement()?.charge(p.seq)?;
-                if let Some(record) = record {
-                    r.charge = Some(charge_view(state, &record.contract, record.period, c));
-                }
+            if let (Some(c), Some(contract)) = (&effect.charge, &effect.contract) {
+                r.charge = Some(charge_view(state, contract, effect.period, c));
             }
             r.postings = Some(postings_view(state, &effect.postings));
         }

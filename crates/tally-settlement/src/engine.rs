@@ -157,17 +157,19 @@ pub struct Charge {
 pub struct Effect {
     /// The movements, summing to zero (empty for entries that move no money).
     pub postings: Vec<Posting>,
-    /// For a receipt: its price.
+    /// For a receipt: its price, the contract it was priced under and its period.
     pub charge: Option<Charge>,
+    pub contract: Option<Hash>,
+    pub period: u32,
 }
 
 impl Effect {
     fn none() -> Self {
-        Self { postings: Vec::new(), charge: None }
+        Self { postings: Vec::new(), charge: None, contract: None, period: 0 }
     }
 
     fn moves(postings: Vec<Posting>) -> Self {
-        Self { postings, charge: None }
+        Self { postings, charge: None, contract: None, period: 0 }
     }
 }
 
@@ -1015,7 +1017,7 @@ impl<S: StateStore> Engine<S> {
             reversed: false,
         };
         self.iput(charge_key(seq), Some(&record));
-        Ok(Ok(Effect { postings: plan.postings, charge: Some(plan.charge) }))
+        Ok(Ok(Effect { postings: plan.postings, charge: Some(plan.charge), contract: Some(plan.contract), period }))
     }
 
     fn claim(&mut self, author: u64, c: &Claim) -> Result<Result<Effect, Rejection>, StateError> {

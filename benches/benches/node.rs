@@ -1,0 +1,238 @@
+//! The node end to end over real HTTP on 127.0.0.1, with durability on.
+//!
+//! The node runs in a child process (this same binary, re-executed), so its CPU time and
+//! memory are its own; the load generator pre-signs every receipt before anything is timed
+//! (signing costs as much as verifying). In one run it prints:
+//!
+//! * the machine's ceiling: batch Ed25519 verification on every core;
+//! * sustained ingest over HTTP (receipts/s) and its ratio to the ceiling;
+//! * acknowledgement latency p50/p99/p999 at 50% of that peak, offered at a fixed rate;
+//! * the node's peak RSS;
+//! * bytes on disk per receipt, after a full compaction;
+//! * audit replay speed (tally-audit over the node's own export) and its ratio to the
+//!   ceiling.
+//!
+//! Run: `cargo bench -p tally-benches --bench node`. `TALLY_BENCH_RECEIPTS` sets the
+//! workload (default 200,000), `TALLY_BENCH_CONNECTIONS` (default 16) and
+//! `TALLY_BENCH_BATCH` (receipts per request, default 256) the peak load's shape, and
+//! `TALLY_BENCH_LATENCY_BATCH` (default 32) the request size of the latency run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_core::entry::Entry;
+use tally_tests::{collective_key, setup};
+
+const LABS: u8 = 8;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn body(entries: &[Entry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(entries.iter().map(|e| e.as_bytes().len() + 4).sum());
+    for e in entries {
+        b.extend_from_slice(&(e.as_bytes().len() as u32).to_le_bytes());
+        b.extend_from_slice(e.as_bytes());
+    }
+    b
+}
+
+/// The child: run a node on `dir` and print its address.
+fn child(dir: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let key_file = std::path::Path::new(dir).join("collective.key");
+        std::fs::write(&key_file, hex::encode(collective_key().seed())).expect("key file");
+        let config = tally_node::FileConfig {
+            data: Some(std::path::Path::new(dir).join("ledger")),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            key_file: Some(key_file),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("config");
+        let node = tally_node::Node::start(config).await.expect("start");
+        println!("listening {}", node.addr);
+        // Stop when the parent closes our stdin.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        })
+        .await;
+        node.shutdown().await;
+    });
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var("TALLY_BENCH_NODE_CHILD") {
+        return child(&dir);
+    }
+    let count = env("TALLY_BENCH_RECEIPTS", 200_000);
+    let connections = env("TALLY_BENCH_CONNECTIONS", 16);
+    let batch = env("TALLY_BENCH_BATCH", 256);
+    let latency_batch = env("TALLY_BENCH_LATENCY_BATCH", 32);
+    println!("tally node bench on {}", tally_benches::machine());
+    println!(
+        "workload: {count} pre-signed receipts from {LABS} labs; peak: {connections} connections x {batch} receipts/request; latency: {latency_batch}/request"
+    );
+    let receipts = tally_benches::presigned_receipts(count, LABS);
+    let ceiling = tally_benches::ceiling(&receipts[..count.min(40_000)]);
+    println!("ceiling: batch Ed25519 verification on every core      {ceiling:>10.0} receipts/s");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = Command::new(std::env::current_exe().expect("this binary"))
+        .env("TALLY_BENCH_NODE_CHILD", dir.path())
+        .env("TALLY_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the node");
+    let mut line = String::new();
+    BufReader::new(node.stdout.take().expect("piped")).read_line(&mut line).expect("node address");
+    let addr = line.trim().strip_prefix("listening ").expect("the node prints its address").to_string();
+    let url = format!("http://{addr}/v1/entries");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build().expect("client");
+    runtime.block_on(async {
+        let r = http
+            .post(&url)
+            .header("content-type", "application/vnd.tally.entries")
+            .body(body(&setup(LABS)))
+            .send()
+            .await
+            .expect("set-up");
+        assert!(r.status().is_success());
+    });
+    // The first half of the receipts measures peak ingest in `batch`-sized requests; the
+    // second half, in `latency_batch`-sized requests, latency at half that rate.
+    let (peak_part, latency_part) = receipts.split_at(receipts.len() / 2);
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(peak_part.chunks(batch).map(body).collect());
+    let lens: Vec<usize> = peak_part.chunks(batch).map(<[Entry]>::len).collect();
+    let half = bodies.len();
+    let small: Arc<Vec<Vec<u8>>> = Arc::new(latency_part.chunks(latency_batch).map(body).collect());
+
+    // Peak: every connection sends its next batch as soon as the last is acknowledged.
+    let peak = runtime.block_on(async {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..connections)
+            .map(|_| {
+                let (http, url, bodies, next) = (http.clone(), url.clone(), bodies.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= half {
+                            break;
+                        }
+                        loop {
+                            let r = http
+                                .post(&url)
+                                .header("content-type", "application/vnd.tally.entries")
+                                .body(bodies[i].clone())
+                                .send()
+                                .await
+                                .expect("send");
+                            if r.status().is_success() {
+                                let _ = r.bytes().await;
+                                break;
+                            }
+                            assert_eq!(r.status().as_u16(), 503, "only back-pressure is expected");
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("load task");
+        }
+        let sent: usize = lens[..half].iter().sum();
+        sent as f64 / t.elapsed().as_secs_f64()
+    });
+    println!(
+        "sustained durable ingest over HTTP                     {peak:>10.0} receipts/s  = {:.0}% of the ceiling",
+        peak / ceiling * 100.0
+    );
+
+    // Latency at 50% of peak: batches offered at a fixed rate, open loop.
+    let latencies = runtime.block_on(async {
+        let rate = peak * 0.5 / latency_batch as f64;
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for (n, i) in (0..small.len()).enumerate() {
+            tokio::time::sleep_until(start + interval * n as u32).await;
+            let (http, url, bodies) = (http.clone(), url.clone(), small.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .header("content-type", "application/vnd.tally.entries")
+                    .body(bodies[i].clone())
+                    .send()
+                    .await
+                    .expect("send");
+                assert!(r.status().is_success(), "{}", r.status());
+                let _ = r.bytes().await;
+                t.elapsed()
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("request"));
+        }
+        out.sort();
+        out
+    });
+    println!(
+        "ack latency at 50% of peak ({:.0} receipts/s offered)  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} requests of {latency_batch})",
+        peak * 0.5,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        latencies.len()
+    );
+    let rss = tally_benches::peak_rss(node.id()).unwrap_or(0);
+    println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
+    drop(node.stdin.take());
+    node.wait().expect("node exit");
+
+    // Bytes on disk per receipt, after compaction.
+    let ledger_dir = dir.path().join("ledger");
+    let ledger = tally_ledger::Ledger::open(&ledger_dir, tally_ledger::LedgerConfig::new(None)).expect("reopen");
+    let size = ledger.size();
+    let logged_receipts = size - setup(LABS).len() as u64;
+    ledger.store().compact().expect("compact");
+    let disk = tally_benches::dir_bytes(&ledger_dir);
+    println!(
+        "on disk after compaction                               {:>10.0} bytes/receipt  ({} entries, {:.1} MiB)",
+        disk as f64 / logged_receipts as f64,
+        size,
+        disk as f64 / (1 << 20) as f64
+    );
+
+    // Audit replay of the node's own export.
+    let records = ledger.store().export(0, size, usize::MAX).expect("export");
+    let notes: Vec<String> =
+        ledger.store().checkpoints(0, usize::MAX).expect("checkpoints").into_iter().map(|(_, n)| n).collect();
+    let pins = tally_audit::Pins { origin: tally_tests::ORIGIN.into(), key: collective_key().public_key() };
+    let t = Instant::now();
+    let mut auditor = tally_audit::Auditor::new(pins, notes, Vec::new());
+    for (leaf, entry) in &records {
+        assert!(auditor.push(leaf, entry));
+    }
+    let report = auditor.finish();
+    let replay = size as f64 / t.elapsed().as_secs_f64();
+    assert!(report.ok, "{}", report.summary());
+    println!(
+        "audit replay (signatures, tree, settlement, checkpoints) {replay:>8.0} entries/s  = {:.0}% of the ceiling",
+        replay / ceiling * 100.0
+    );
+}
