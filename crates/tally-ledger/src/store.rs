@@ -106,6 +106,16 @@ impl Store {
                 // a bloom filter answers them without I/O.
                 table.set_bloom_filter(10.0, false);
             }
+            if *name == CF_ENTRIES || *name == CF_LEAVES {
+                // Written once and read in ranges (export, bundles): 16 KiB blocks let zstd
+                // find the structure entries share (contract ids, URL prefixes, lab keys),
+                // and the last level gets a dictionary trained on them. Point-lookup
+                // families keep small blocks so a lookup decompresses little.
+                table.set_block_size(16 * 1024);
+                cf.set_bottommost_compression_type(DBCompressionType::Zstd);
+                cf.set_bottommost_compression_options(-14, 32767, 0, 16 * 1024, true);
+                cf.set_bottommost_zstd_max_train_bytes(100 * 16 * 1024, true);
+            }
             cf.set_block_based_table_factory(&table);
             cf.set_compression_type(DBCompressionType::Zstd);
             ColumnFamilyDescriptor::new(*name, cf)
