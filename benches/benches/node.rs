@@ -50,6 +50,7 @@ fn child(dir: &str) {
             data: Some(std::path::Path::new(dir).join("ledger")),
             listen: Some("127.0.0.1:0".parse().expect("address")),
             key_file: Some(key_file),
+            checkpoint_interval_ms: std::env::var("TALLY_BENCH_CHECKPOINT_MS").ok().and_then(|v| v.parse().ok()),
             ..Default::default()
         }
         .resolve()

@@ -8,13 +8,18 @@ use tally_tests::random_receipt;
 /// `count` receipts signed by labs `1..=labs` (see `tally_tests::setup`), made on all cores
 /// before any timing.
 pub fn presigned_receipts(count: usize, labs: u8) -> Vec<Entry> {
+    presigned_receipts_seeded(count, labs, 0)
+}
+
+/// [`presigned_receipts`] from a different random stream for each `seed`.
+pub fn presigned_receipts_seeded(count: usize, labs: u8, seed: u64) -> Vec<Entry> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = count.div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 1024 + t as u64);
                     (0..per_thread)
                         .map(|i| random_receipt((i % usize::from(labs)) as u8 + 1, &mut rng))
                         .collect::<Vec<_>>()

@@ -41,6 +41,11 @@ const COLUMN_FAMILIES: [&str; 10] = [
     CF_LEAF_INDEX,
 ];
 
+/// The block cache all column families share.
+pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Memory all memtables together may use before RocksDB flushes the largest.
+pub const MEMTABLES_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// `meta` key holding the tree size (u64 big-endian), written in every append batch.
 pub(crate) const META_SIZE: &[u8] = b"size";
 
@@ -98,9 +103,15 @@ impl Store {
         db_opts.create_missing_column_families(true);
         // Checksums on every read make a flipped byte an error rather than a wrong answer.
         db_opts.set_paranoid_checks(true);
+        // One memtable budget for all column families (each would otherwise grow to 64 MiB
+        // before flushing, ~640 MiB in all): memory stays flat as the ledger grows.
+        db_opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        // One block cache for every column family (each would otherwise get its own).
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
             if *name == CF_DEDUP || *name == CF_STATE {
                 // Dedup lookups and registry probes (one per URL prefix) are mostly misses:
                 // a bloom filter answers them without I/O.
