@@ -60,28 +60,13 @@ pub struct ChargeView {
     flags: Vec<&'static str>,
 }
 
-fn flags(c: &Charge) -> Vec<&'static str> {
-    [
-        ("free", c.free),
-        ("repeat", c.repeat),
-        ("capped", c.capped),
-        ("unregistered", c.unregistered),
-        ("blanket", c.blanket),
-        ("over-limit", c.over_limit),
-    ]
-    .iter()
-    .filter(|(_, on)| *on)
-    .map(|(n, _)| *n)
-    .collect()
-}
-
 fn charge_view(state: &AppState, contract: &Hash, period: u32, c: &Charge) -> ChargeView {
     ChargeView {
         contract: hex::encode(contract),
         period,
         amount: amount(state, i128::from(c.amount)),
         fee: amount(state, i128::from(c.fee)),
-        flags: flags(c),
+        flags: c.flags(),
     }
 }
 
@@ -424,6 +409,16 @@ pub struct HistoryView {
     next_from: Option<u64>,
 }
 
+/// One page of the entries indexed for `party`: at most `limit` (default and cap 1,000)
+/// from `from`, and where the next page starts.
+fn party_page(state: &AppState, party: u64, q: &PageQuery) -> Result<(Vec<u64>, Option<u64>), Problem> {
+    let limit = q.limit.unwrap_or(PAGE_ENTRIES_MAX).clamp(1, PAGE_ENTRIES_MAX);
+    let mut seqs = state.ledger.store().party_entries(party, q.from, limit + 1)?;
+    let next_from = seqs.get(limit).copied();
+    seqs.truncate(limit);
+    Ok((seqs, next_from))
+}
+
 /// `GET /v1/parties/{party}/history`: every entry that moved the party's money (or that it
 /// authored), with the postings on its own accounts.
 pub async fn history(
@@ -433,12 +428,10 @@ pub async fn history(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<HistoryView>, Problem> {
     caller.may_read(party)?;
-    let limit = q.limit.unwrap_or(PAGE_ENTRIES_MAX).clamp(1, PAGE_ENTRIES_MAX);
     let store = state.ledger.store();
-    let seqs = store.party_entries(party, q.from, limit + 1)?;
-    let next_from = seqs.get(limit).copied();
-    let mut lines = Vec::with_capacity(seqs.len().min(limit));
-    for seq in seqs.into_iter().take(limit) {
+    let (seqs, next_from) = party_page(&state, party, &q)?;
+    let mut lines = Vec::with_capacity(seqs.len());
+    for seq in seqs {
         let leaf = store.leaf(seq)?.ok_or_else(|| Problem::from(missing(seq)))?;
         let postings = match state.ledger.settlement()?.charge(seq)? {
             Some(record) => record.postings,
@@ -496,13 +489,11 @@ pub async fn statement(
 ) -> Result<Json<StatementView>, Problem> {
     caller.may_read(party)?;
     let period = q.period.ok_or_else(|| Problem::bad_request("missing-parameter", "period is required"))?;
-    let limit = q.limit.unwrap_or(PAGE_ENTRIES_MAX).clamp(1, PAGE_ENTRIES_MAX);
     let store = state.ledger.store();
-    let seqs = store.party_entries(party, q.from, limit + 1)?;
-    let next_from = seqs.get(limit).copied();
+    let (seqs, next_from) = party_page(&state, party, &q)?;
     let mut lines = Vec::new();
     let mut total = 0i128;
-    for seq in seqs.into_iter().take(limit) {
+    for seq in seqs {
         let Some(record) = state.ledger.settlement()?.charge(seq)? else { continue };
         if record.period != period {
             continue;

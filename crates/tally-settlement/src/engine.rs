@@ -152,6 +152,24 @@ pub struct Charge {
     pub over_limit: bool,
 }
 
+impl Charge {
+    /// The names of the flags that are set, in a fixed order (as the API reports them).
+    pub fn flags(&self) -> Vec<&'static str> {
+        [
+            ("free", self.free),
+            ("repeat", self.repeat),
+            ("capped", self.capped),
+            ("unregistered", self.unregistered),
+            ("blanket", self.blanket),
+            ("over-limit", self.over_limit),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| *n)
+        .collect()
+    }
+}
+
 /// What an applied entry did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Effect {
