@@ -62,7 +62,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
-    #[error("key file {path}: {error}")]
+    /// `error` names the file.
+    #[error("key file {error}")]
     Key { path: PathBuf, error: String },
 }
 
@@ -122,16 +123,13 @@ impl FileConfig {
 
 /// Read a key file: the 32-byte seed as 64 hex characters (surrounding whitespace ignored).
 pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
-    let err = |error: String| ConfigError::Key { path: path.to_path_buf(), error };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let bytes = hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?;
-    let seed: [u8; 32] = bytes.try_into().map_err(|_| err("a key seed is 32 bytes (64 hex characters)".into()))?;
-    Ok(SigningKey::from_seed(&seed))
+    tally_client::read_key(path).map_err(|error| ConfigError::Key { path: path.to_path_buf(), error })
 }
 
 /// Write a new key file (mode 0600 on Unix) and return the key. Refuses to overwrite.
 pub fn write_new_key(path: &Path) -> Result<SigningKey, ConfigError> {
-    let err = |error: String| ConfigError::Key { path: path.to_path_buf(), error };
+    let err =
+        |error: String| ConfigError::Key { path: path.to_path_buf(), error: format!("{}: {error}", path.display()) };
     let key = SigningKey::generate();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
