@@ -40,6 +40,11 @@ fn body(entries: &[Entry]) -> Vec<u8> {
     b
 }
 
+/// Submit one binary body of entries.
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::Response {
+    http.post(url).header("content-type", "application/vnd.tally.entries").body(body).send().await.expect("send")
+}
+
 /// The child: run a node on `dir` and print its address.
 fn child(dir: &str) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -133,13 +138,7 @@ fn main() {
                             break;
                         }
                         loop {
-                            let r = http
-                                .post(&url)
-                                .header("content-type", "application/vnd.tally.entries")
-                                .body(bodies[i].clone())
-                                .send()
-                                .await
-                                .expect("send");
+                            let r = post(&http, &url, bodies[i].clone()).await;
                             if r.status().is_success() {
                                 let _ = r.bytes().await;
                                 break;
@@ -173,13 +172,7 @@ fn main() {
             let (http, url, bodies) = (http.clone(), url.clone(), small.clone());
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
-                let r = http
-                    .post(&url)
-                    .header("content-type", "application/vnd.tally.entries")
-                    .body(bodies[i].clone())
-                    .send()
-                    .await
-                    .expect("send");
+                let r = post(&http, &url, bodies[i].clone()).await;
                 assert!(r.status().is_success(), "{}", r.status());
                 let _ = r.bytes().await;
                 t.elapsed()

@@ -135,6 +135,16 @@ fn sign_get(
     httpsig::sign(&parts, &input, key).unwrap()
 }
 
+/// The base64 hashes of a proof answer.
+fn proof_hashes(v: &Value) -> Vec<[u8; 32]> {
+    v["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect()
+}
+
 fn code(v: &Value) -> &str {
     v["code"].as_str().unwrap_or("<none>")
 }
@@ -496,23 +506,13 @@ async fn tlog_client_and_export_verify_everything() {
             let v: Value =
                 node.get(&format!("/v1/proof/inclusion?size={}&{query}", cp.size)).await.json().await.unwrap();
             assert_eq!(v["index"], index);
-            let proof: Vec<[u8; 32]> = v["proof"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
-                .collect();
+            let proof = proof_hashes(&v);
             merkle::verify_inclusion(&leaf_hash, index, cp.size, &proof, &cp.root).unwrap();
         }
     }
     let v: Value =
         node.get(&format!("/v1/proof/consistency?first={}&second={}", cp1.size, cp.size)).await.json().await.unwrap();
-    let proof: Vec<[u8; 32]> = v["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
-        .collect();
+    let proof = proof_hashes(&v);
     merkle::verify_consistency(cp1.size, cp.size, &cp1.root, &cp.root, &proof).unwrap();
     for (path, status, want) in [
         ("/tile/0/999", 404, "no-such-tile"),
