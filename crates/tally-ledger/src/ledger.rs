@@ -37,6 +37,9 @@ pub const ENTRIES_PER_APPEND_MAX: usize = 4096;
 pub const GROUP_ENTRIES_MAX: usize = 16384;
 /// Most append calls waiting for the sequencer; past this, appends fail with `Busy`.
 pub const QUEUE_REQUESTS_MAX: usize = 1024;
+/// What an appended entry adds to its group's write batch beyond its own bytes (leaf
+/// record, tree nodes, indexes, settlement writes), with headroom: sizes the batch up front.
+const BATCH_BYTES_PER_ENTRY: usize = 512;
 const _: () = assert!(ENTRIES_PER_APPEND_MAX <= GROUP_ENTRIES_MAX);
 /// Tile levels that can exist: level 7 holds hashes at height 56; a tree of at most 2^63
 /// leaves has no level 8.
@@ -409,6 +412,13 @@ struct Group {
     genesis: Option<GenesisInfo>,
     /// Idempotency keys appended earlier in this same group.
     appended: HashMap<Hash, Position>,
+    /// Index keys whose order is random (hash-prefixed) or interleaved (per participant).
+    /// They go into the batch sorted, at the end: RocksDB's memtable then inserts each next
+    /// to the last instead of searching the skip list from the top (a third of the
+    /// sequencer's write time when they went in arrival order).
+    dedup: Vec<(Hash, u64)>,
+    leaf_index: Vec<[u8; 16]>,
+    parties: Vec<[u8; 16]>,
 }
 
 impl Sequencer {
@@ -479,21 +489,36 @@ impl Sequencer {
         if appends.is_empty() {
             return Ok(());
         }
+        let entries: usize = appends.iter().map(|(batch, _)| batch.len()).sum();
+        let bytes: usize = appends.iter().flat_map(|(batch, _)| batch).map(|e| e.as_bytes().len()).sum();
         let mut group = Group {
-            batch: WriteBatch::default(),
+            // Entry bytes plus roughly what each entry adds (leaf, indexes, state): one
+            // allocation instead of a doubling series of copies of a multi-megabyte batch.
+            batch: WriteBatch::with_capacity_bytes(bytes + entries * BATCH_BYTES_PER_ENTRY),
             frontier: self.frontier.clone(),
             time_ms: (self.clock)().max(self.last_time_ms),
             genesis: self.genesis.clone(),
-            appended: HashMap::new(),
+            appended: HashMap::with_capacity(entries),
+            dedup: Vec::with_capacity(entries),
+            leaf_index: Vec::with_capacity(entries),
+            parties: Vec::with_capacity(entries * 2),
         };
         let published = self.published.clone();
         let mut engine = published.engine.write().expect("lock");
         let mut answers = Vec::with_capacity(appends.len());
         let mut failed = None;
-        'requests: for (entries, _) in &appends {
+        // Every idempotency key of the group, looked up in one batched read.
+        let ids: Vec<Hash> = appends.iter().flat_map(|(batch, _)| batch).map(|e| e.dedup_id()).collect();
+        let stored = self.store.dedup_many(&ids).unwrap_or_else(|e| {
+            failed = Some(e);
+            Vec::new()
+        });
+        let mut stored = ids.into_iter().zip(stored);
+        'requests: for (entries, _) in appends.iter().take_while(|_| failed.is_none()) {
             let mut outcomes = Vec::with_capacity(entries.len());
             for entry in entries {
-                match self.place(&mut group, &mut engine, entry) {
+                let (id, original) = stored.next().expect("one key per entry");
+                match self.place(&mut group, &mut engine, entry, id, original) {
                     Ok(outcome) => outcomes.push(outcome),
                     Err(e) => {
                         failed = Some(e);
@@ -504,6 +529,18 @@ impl Sequencer {
             answers.push(outcomes);
         }
         let size = group.frontier.size();
+        group.dedup.sort_unstable();
+        group.leaf_index.sort_unstable();
+        group.parties.sort_unstable();
+        for (id, seq) in &group.dedup {
+            self.store.batch_put(&mut group.batch, CF_DEDUP, id, &seq_key(*seq));
+        }
+        for key in &group.leaf_index {
+            self.store.batch_put(&mut group.batch, CF_LEAF_INDEX, key, &[]);
+        }
+        for key in &group.parties {
+            self.store.batch_put(&mut group.batch, CF_PARTIES, key, &[]);
+        }
         self.store.batch_put(&mut group.batch, CF_META, META_SIZE, &size.to_be_bytes());
         for (key, value) in engine.take_writes() {
             match value {
@@ -549,13 +586,14 @@ impl Sequencer {
         group: &mut Group,
         engine: &mut Engine<Store>,
         entry: &VerifiedEntry,
+        id: Hash,
+        original: Option<u64>,
     ) -> Result<Outcome, LedgerError> {
         let seq = group.frontier.size();
-        let id = entry.dedup_id();
         if let Some(pos) = group.appended.get(&id) {
             return Ok(Outcome::Duplicate(*pos));
         }
-        if let Some(original) = self.store.dedup(&id)? {
+        if let Some(original) = original {
             return Ok(Outcome::Duplicate(self.position(original)?));
         }
         let effect = match engine.apply(entry, seq, group.time_ms) {
@@ -590,15 +628,13 @@ impl Sequencer {
         }
         parties.sort_unstable();
         parties.dedup();
-        for party in parties {
-            store.batch_put(batch, CF_PARTIES, &party_key(party, seq), &[]);
-        }
+        group.parties.extend(parties.into_iter().map(|party| party_key(party, seq)));
         if effect.charge.is_none() && !effect.postings.is_empty() {
             store.batch_put(batch, CF_EFFECTS, &seq_key(seq), &tally_core::codec::encode(&effect.postings));
         }
-        store.batch_put(batch, CF_LEAF_INDEX, &leaf_index_key(&leaf_hash, seq), &[]);
+        group.leaf_index.push(leaf_index_key(&leaf_hash, seq));
         let position = Position { seq, time_ms: group.time_ms, leaf_hash };
-        store.batch_put(batch, CF_DEDUP, &id, &seq_key(seq));
+        group.dedup.push((id, seq));
         group.appended.insert(id, position);
         Ok(Outcome::Appended(position, effect))
     }

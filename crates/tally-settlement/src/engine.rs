@@ -782,14 +782,16 @@ impl<S: StateStore> Engine<S> {
     /// reservations on every pattern that matches it.
     fn resolve(&self, url: &str) -> Result<Resolved, StateError> {
         let mut out = Resolved { registration: None, reserved: 0 };
-        let exact = std::iter::once((MatchKind::Exact, url));
-        let prefixes = prefix_candidates(url).map(|p| (MatchKind::Prefix, p));
-        for (kind, candidate) in exact.chain(prefixes) {
-            if let Some(rec) = self.overlay.get::<_, PatternRecord>(&self.store, &pattern_key(kind, candidate))? {
-                out.reserved |= rec.reserved;
-                if out.registration.is_none() {
-                    out.registration = rec.registration;
-                }
+        // Every candidate is needed (reservations at any level apply), so they are looked up
+        // together: one batched store read instead of one read per path segment.
+        let exact = std::iter::once(pattern_key(MatchKind::Exact, url));
+        let keys: Vec<Vec<u8>> =
+            exact.chain(prefix_candidates(url).map(|p| pattern_key(MatchKind::Prefix, p))).collect();
+        // Exact first, then the longest prefix: the first registration found wins.
+        for rec in self.overlay.get_many::<_, PatternRecord>(&self.store, &keys)?.into_iter().flatten() {
+            out.reserved |= rec.reserved;
+            if out.registration.is_none() {
+                out.registration = rec.registration;
             }
         }
         Ok(out)

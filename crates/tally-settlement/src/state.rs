@@ -36,6 +36,11 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 pub trait StateStore {
     /// The committed value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+    /// The committed values of several keys, in the order given. A store that can look keys
+    /// up together (RocksDB's batched multi-get) overrides this.
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Every committed pair whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: u8) -> Result<Pairs, StateError>;
 }
@@ -228,6 +233,26 @@ impl Overlay {
             None => store.get(key)?,
         };
         raw.map(|bytes| decode_record(key, &bytes)).transpose()
+    }
+
+    /// [`Overlay::get`] for several keys, with one store lookup for those not pending.
+    pub(crate) fn get_many<S: StateStore, V: Decode<()>>(
+        &self,
+        store: &S,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<V>>, StateError> {
+        let missing: Vec<&[u8]> =
+            keys.iter().filter(|k| !self.pending.contains_key(k.as_slice())).map(Vec::as_slice).collect();
+        let mut stored = store.get_many(&missing)?.into_iter();
+        keys.iter()
+            .map(|key| {
+                let raw = match self.pending.get(key) {
+                    Some(v) => v.clone(),
+                    None => stored.next().flatten(),
+                };
+                raw.map(|bytes| decode_record(key, &bytes)).transpose()
+            })
+            .collect()
     }
 
     pub(crate) fn put<V: Encode>(&mut self, digest: &mut Hash, key: Vec<u8>, value: Option<&V>) {
