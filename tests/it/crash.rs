@@ -3,8 +3,8 @@
 //! the ledger reopens and we check that every acknowledged receipt is present exactly once
 //! at its acknowledged position, that nothing unacknowledged is half-present, that proofs
 //! verify against the newest checkpoint, and that the checkpoint signed after recovery is
-//! consistent with every checkpoint signed before it, and that settlement charged every
-//! logged receipt exactly once with the books balanced.
+//! consistent with every checkpoint signed before it, that settlement charged every logged
+//! receipt exactly once with the books balanced, and that the auditor's full replay passes.
 //!
 //! Rounds: `TALLY_CRASH_ROUNDS` (default 20).
 
@@ -127,6 +127,9 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
             merkle::verify_inclusion(&ack.leaf_hash, ack.seq, cp.size, &proof, &cp.root).unwrap();
         }
         signed.push((cp.size, cp.root));
+        // And an outside auditor, replaying everything, agrees.
+        let report = tally_tests::audit_ledger(&ledger, key);
+        assert!(report.ok && report.entries == size, "round {round}: {}", report.summary());
         ledger.shutdown();
     }
     eprintln!(

@@ -3,6 +3,7 @@
 
 mod audit;
 mod client;
+mod corruption;
 mod crash;
 mod ledger;
 mod node;

@@ -660,17 +660,7 @@ async fn demo_runs_and_its_ledger_audits() {
     tally_node::demo::run(Some(data.clone()), 300, false).await.unwrap();
     let key = tally_node::config::read_key(&data.join("collective.key")).unwrap();
     let ledger = tally_ledger::Ledger::open(&data.join("ledger"), tally_ledger::LedgerConfig::new(None)).unwrap();
-    let store = ledger.store();
-    let size = ledger.size();
-    let records = store.export(0, size, usize::MAX).unwrap();
-    let notes: Vec<String> = store.checkpoints(0, usize::MAX).unwrap().into_iter().map(|(_, n)| n).collect();
-    let origin = ledger.genesis().unwrap().origin;
-    let pins = tally_audit::Pins { origin, key: key.public_key() };
-    let mut auditor = tally_audit::Auditor::new(pins, notes, Vec::new());
-    for (leaf, entry) in &records {
-        assert!(auditor.push(leaf, entry));
-    }
-    let report = auditor.finish();
+    let report = tally_tests::audit_ledger(&ledger, key.public_key());
     assert!(report.ok, "{}", report.summary());
     assert!(report.entries > 3_300 && report.checkpoints > 0);
     assert!(report.balances.contains_key("fee") && report.balances.contains_key("unclaimed"), "{:?}", report.balances);

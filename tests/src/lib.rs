@@ -181,3 +181,21 @@ pub fn verified(entry: Entry) -> VerifiedEntry {
 pub fn all_verified(entries: Vec<Entry>) -> Vec<VerifiedEntry> {
     entries.into_iter().map(verified).collect()
 }
+
+/// Replay a ledger's whole export and every checkpoint it stored through the auditor, as an
+/// outside auditor would, trusting only the origin and the collective's public key.
+pub fn audit_ledger(ledger: &tally_ledger::Ledger, key: tally_core::sig::PublicKey) -> tally_audit::Report {
+    let store = ledger.store();
+    let size = ledger.size();
+    let records = store.export(0, size, usize::MAX).expect("export");
+    let notes: Vec<String> =
+        store.checkpoints(0, usize::MAX).expect("checkpoints").into_iter().map(|(_, n)| n).collect();
+    let origin = ledger.genesis().expect("a genesis").origin;
+    let mut auditor = tally_audit::Auditor::new(tally_audit::Pins { origin, key }, notes, Vec::new());
+    for (leaf, entry) in &records {
+        if !auditor.push(leaf, entry) {
+            break;
+        }
+    }
+    auditor.finish()
+}
