@@ -2,7 +2,8 @@
 //! `TALLY_GROWTH_RECEIPTS` receipts (default 1,000,000; 10,000,000 is the long run) through
 //! the ledger API without HTTP, in rounds of 100,000: each round is pre-signed and verified
 //! on every core first, then appended by four callers in batches of 1,024 (durable, group
-//! commit, settlement included). Per round it prints the append rate, the process RSS and
+//! commit, settlement included). Per round it prints the append rate, the process RSS (now
+//! and peak; the process includes the round's pre-signed receipts) and
 //! bytes on disk per receipt so far; at the end, bytes per receipt after compaction.
 //!
 //! Run: `cargo bench -p tally-benches --bench growth` (set `TALLY_GROWTH_RECEIPTS`).
@@ -67,7 +68,8 @@ fn main() {
         round += 1;
         let disk = tally_benches::dir_bytes(dir.path());
         println!(
-            "{done:>10} receipts: append {rate:>8.0}/s   RSS {:>7.1} MiB   {:>5.0} bytes/receipt on disk (before compaction)",
+            "{done:>10} receipts: append {rate:>8.0}/s   RSS {:>6.1} MiB (peak {:>6.1})   {:>5.0} bytes/receipt on disk (before compaction)",
+            tally_benches::rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64,
             tally_benches::peak_rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64,
             disk as f64 / done as f64
         );

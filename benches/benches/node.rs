@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tally_client::binary_body as body;
 use tally_core::entry::Entry;
 use tally_tests::{collective_key, setup};
 
@@ -29,15 +30,6 @@ const LABS: u8 = 8;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn body(entries: &[Entry]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(entries.iter().map(|e| e.as_bytes().len() + 4).sum());
-    for e in entries {
-        b.extend_from_slice(&(e.as_bytes().len() as u32).to_le_bytes());
-        b.extend_from_slice(e.as_bytes());
-    }
-    b
 }
 
 /// Submit one binary body of entries.

@@ -59,8 +59,17 @@ pub fn ceiling(sample: &[Entry]) -> f64 {
 
 /// Peak resident set size of a process, from `/proc/<pid>/status` (VmHWM), in bytes.
 pub fn peak_rss(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident memory of process `pid` now, in bytes (Linux: VmRSS).
+pub fn rss(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

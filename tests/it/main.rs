@@ -5,6 +5,7 @@ mod audit;
 mod client;
 mod corruption;
 mod crash;
+mod disk_full;
 mod ledger;
 mod node;
 mod scenarios;

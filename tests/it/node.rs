@@ -116,6 +116,10 @@ impl TestNode {
     async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(format!("{}{path}", self.base)).send().await.unwrap()
     }
+
+    pub(crate) async fn get_status(&self, path: &str) -> u16 {
+        self.get(path).await.status().as_u16()
+    }
 }
 
 fn now_s() -> i64 {

@@ -24,6 +24,10 @@ pub enum LedgerError {
     /// A tile or entry bundle that the committed tree does not have (yet).
     #[error("tile {level}/{index} of width {width} does not exist at tree size {committed}")]
     NoSuchTile { level: u8, index: u64, width: u16, committed: u64 },
+    /// The data directory's filesystem has less free space than the configured reserve;
+    /// nothing was written. Appends resume by themselves once space is freed.
+    #[error("storage is full: {free} bytes free, below the reserve of {reserve}; nothing was written")]
+    StorageFull { free: u64, reserve: u64 },
     /// Too many entries in one append call.
     #[error("{len} entries in one append is over the limit of {max}")]
     TooManyEntries { len: usize, max: usize },
@@ -40,6 +44,7 @@ impl LedgerError {
             LedgerError::Closed => "closed",
             LedgerError::OutOfRange { .. } => "out-of-range",
             LedgerError::NoSuchTile { .. } => "no-such-tile",
+            LedgerError::StorageFull { .. } => "storage-full",
             LedgerError::TooManyEntries { .. } => "too-many-entries",
         }
     }

@@ -59,21 +59,34 @@ pub struct LedgerConfig {
     pub signing_key: Option<SigningKey>,
     /// Sign a checkpoint after a commit once this long has passed since the last one.
     pub checkpoint_interval_ms: u64,
+    /// Free space the data directory's filesystem must keep: below it appends are refused
+    /// with [`LedgerError::StorageFull`] before anything is applied or written, so the
+    /// ledger never reaches a failed write (and RocksDB keeps room to flush and compact).
+    pub min_free_bytes: u64,
     pub clock: Clock,
 }
+
+/// Default for [`LedgerConfig::min_free_bytes`].
+pub const MIN_FREE_BYTES_DEFAULT: u64 = 256 << 20;
 
 impl std::fmt::Debug for LedgerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LedgerConfig")
             .field("signing_key", &self.signing_key)
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .field("min_free_bytes", &self.min_free_bytes)
             .finish()
     }
 }
 
 impl LedgerConfig {
     pub fn new(signing_key: Option<SigningKey>) -> Self {
-        Self { signing_key, checkpoint_interval_ms: 1000, clock: system_clock() }
+        Self {
+            signing_key,
+            checkpoint_interval_ms: 1000,
+            min_free_bytes: MIN_FREE_BYTES_DEFAULT,
+            clock: system_clock(),
+        }
     }
 }
 
@@ -203,6 +216,8 @@ impl Ledger {
             last_checkpoint_at_ms: 0,
             signing_key,
             checkpoint_interval_ms: config.checkpoint_interval_ms,
+            dir: dir.to_path_buf(),
+            min_free_bytes: config.min_free_bytes,
             clock: config.clock,
         };
         // Entries committed after the last checkpoint (a crash between the two writes) get
@@ -401,6 +416,8 @@ struct Sequencer {
     last_checkpoint_at_ms: u64,
     signing_key: SigningKey,
     checkpoint_interval_ms: u64,
+    dir: std::path::PathBuf,
+    min_free_bytes: u64,
     clock: Clock,
 }
 
@@ -487,6 +504,14 @@ impl Sequencer {
     /// acknowledged and the sequencer must stop.
     fn commit_group(&mut self, appends: Vec<(Vec<VerifiedEntry>, AppendReply)>) -> Result<(), LedgerError> {
         if appends.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.check_free_space() {
+            // Refused before anything was applied: the state in memory and on disk is the
+            // last committed group's, and the next group is tried afresh.
+            for (_, reply) in appends {
+                let _ = reply.send(Err(e.clone()));
+            }
             return Ok(());
         }
         let entries: usize = appends.iter().map(|(batch, _)| batch.len()).sum();
@@ -578,6 +603,20 @@ impl Sequencer {
                 Err(e)
             }
         }
+    }
+
+    /// Refuse with `StorageFull` when the filesystem has less free space than the reserve.
+    /// One `statvfs` a group; a filesystem that cannot say is not refused.
+    fn check_free_space(&self) -> Result<(), LedgerError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let Ok(fs) = rustix::fs::statvfs(&self.dir) else { return Ok(()) };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free < self.min_free_bytes {
+            return Err(LedgerError::StorageFull { free, reserve: self.min_free_bytes });
+        }
+        Ok(())
     }
 
     /// Decide the outcome of one entry and, if it is appended, add its writes to the group.

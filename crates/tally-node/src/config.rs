@@ -31,6 +31,8 @@ pub struct NodeConfig {
     /// File holding the collective's key seed (64 hex characters).
     pub key_file: PathBuf,
     pub checkpoint_interval_ms: u64,
+    /// Free space to keep on the data directory's filesystem; below it submissions get 507.
+    pub min_free_bytes: u64,
     pub body_bytes_max: usize,
     pub entries_per_request_max: usize,
     pub concurrent_requests_max: usize,
@@ -46,6 +48,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub key_file: Option<PathBuf>,
     pub checkpoint_interval_ms: Option<u64>,
+    pub min_free_bytes: Option<u64>,
     pub body_bytes_max: Option<usize>,
     pub entries_per_request_max: Option<usize>,
     pub concurrent_requests_max: Option<usize>,
@@ -81,6 +84,7 @@ impl FileConfig {
             listen: self.listen.or(other.listen),
             key_file: self.key_file.or(other.key_file),
             checkpoint_interval_ms: self.checkpoint_interval_ms.or(other.checkpoint_interval_ms),
+            min_free_bytes: self.min_free_bytes.or(other.min_free_bytes),
             body_bytes_max: self.body_bytes_max.or(other.body_bytes_max),
             entries_per_request_max: self.entries_per_request_max.or(other.entries_per_request_max),
             concurrent_requests_max: self.concurrent_requests_max.or(other.concurrent_requests_max),
@@ -98,6 +102,7 @@ impl FileConfig {
             listen: self.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default")),
             key_file,
             checkpoint_interval_ms: self.checkpoint_interval_ms.unwrap_or(1000),
+            min_free_bytes: self.min_free_bytes.unwrap_or(tally_ledger::MIN_FREE_BYTES_DEFAULT),
             body_bytes_max: self.body_bytes_max.unwrap_or(BODY_BYTES_MAX_DEFAULT),
             entries_per_request_max: self.entries_per_request_max.unwrap_or(ENTRIES_PER_REQUEST_MAX_DEFAULT),
             concurrent_requests_max: self.concurrent_requests_max.unwrap_or(CONCURRENT_REQUESTS_MAX_DEFAULT),

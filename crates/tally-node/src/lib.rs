@@ -145,6 +145,7 @@ impl Node {
             ledger_config.clock = clock;
         }
         ledger_config.checkpoint_interval_ms = config.checkpoint_interval_ms;
+        ledger_config.min_free_bytes = config.min_free_bytes;
         std::fs::create_dir_all(&config.data).map_err(|e| config::ConfigError::Invalid {
             field: "data",
             reason: format!("{}: {e}", config.data.display()),

@@ -81,6 +81,13 @@ impl From<LedgerError> for Problem {
             LedgerError::OutOfRange { .. } => Problem::bad_request(e.code(), e.to_string()),
             LedgerError::NoSuchTile { .. } => Problem::not_found(e.code(), e.to_string()),
             LedgerError::TooManyEntries { .. } => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.code(), e.to_string()),
+            LedgerError::StorageFull { .. } => {
+                tracing::warn!(error = %e, "refusing appends until disk space is freed");
+                Problem {
+                    retry_after_s: Some(10),
+                    ..Problem::new(StatusCode::INSUFFICIENT_STORAGE, e.code(), e.to_string())
+                }
+            }
             LedgerError::WrongSigningKey | LedgerError::Storage(_) | LedgerError::Corrupted(_) => {
                 tracing::error!(error = %e, "ledger failure");
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.code(), "the ledger failed; see the node's log")
