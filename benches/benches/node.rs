@@ -22,8 +22,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_client::binary_body as body;
 use tally_core::entry::Entry;
+use tally_core::submission::binary_body as body;
 use tally_tests::{collective_key, setup};
 
 const LABS: u8 = 8;

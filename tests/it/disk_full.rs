@@ -48,7 +48,7 @@ impl Drop for Tmpfs {
 }
 
 async fn submit(node: &TestNode, entries: &[Entry]) -> (u16, Option<String>, serde_json::Value) {
-    let body = tally_client::binary_body(entries);
+    let body = tally_core::submission::binary_body(entries);
     let r = reqwest::Client::new()
         .post(format!("{}/v1/entries", node.base))
         .header("content-type", "application/vnd.tally.entries")

@@ -1,11 +1,13 @@
 //! Tally's integration tests, linked once: known-answer vectors, the durable ledger, and
 //! crash recovery under SIGKILL.
 
+mod abuse;
 mod audit;
 mod client;
 mod corruption;
 mod crash;
 mod disk_full;
+mod fuzz_regressions;
 mod ledger;
 mod node;
 mod scenarios;

@@ -65,7 +65,7 @@ impl TestNode {
         v["results"].as_array().unwrap().clone()
     }
 
-    async fn raw(&self, content_type: &str, body: Vec<u8>) -> (u16, String, Value) {
+    pub(crate) async fn raw(&self, content_type: &str, body: Vec<u8>) -> (u16, String, Value) {
         let r = self
             .http
             .post(format!("{}/v1/entries", self.base))

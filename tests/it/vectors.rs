@@ -10,7 +10,7 @@ use sha2::Digest;
 use tally_core::merkle::{Hash, verify_consistency, verify_inclusion};
 use tally_core::sig::{self, PublicKey, SignatureError};
 
-fn shared() -> PathBuf {
+pub(crate) fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
 }
 

@@ -197,7 +197,7 @@ impl Client {
 
     /// Submit signed entries (binary body); one result per entry, in order. Safe to retry.
     pub async fn submit(&self, entries: &[Entry]) -> Result<Vec<EntryResult>, ClientError> {
-        let body = binary_body(entries);
+        let body = tally_core::submission::binary_body(entries);
         let url = format!("{}/v1/entries", self.base);
         let response = self
             .with_retries(|| {
@@ -530,15 +530,4 @@ pub fn check_line(entry_b64: &str, seq: u64, time_ms: u64, proof: &[Hash], cp: &
     let leaf = LeafRecord::for_entry(&entry, seq, time_ms);
     merkle::verify_inclusion(&leaf.leaf_hash(), seq, cp.size, proof, &cp.root)
         .map_err(|e: ProofError| bad(format!("not included under checkpoint {}: {e}", cp.size)))
-}
-
-/// The `application/vnd.tally.entries` submission body: each entry's canonical bytes
-/// after its length as u32 little-endian (`specs/api.md`).
-pub fn binary_body(entries: &[Entry]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(entries.iter().map(|e| e.as_bytes().len() + 4).sum());
-    for e in entries {
-        body.extend_from_slice(&(e.as_bytes().len() as u32).to_le_bytes());
-        body.extend_from_slice(e.as_bytes());
-    }
-    body
 }

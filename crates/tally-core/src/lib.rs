@@ -13,6 +13,7 @@ pub mod httpsig;
 pub mod kinds;
 pub mod merkle;
 pub mod sig;
+pub mod submission;
 pub mod tile;
 
 pub use merkle::Hash;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tally_core::Hash;
 use tally_core::entry::{Body as EntryBody, Entry, EntryKind, LeafRecord, Usage, VerifiedEntry, verify_all};
 use tally_core::kinds::Role;
+use tally_core::submission::{self, BodyError};
 use tally_core::tile::TilePath;
 use tally_ledger::{Outcome, Position};
 use tally_settlement::terms::format_amount;
@@ -31,7 +32,7 @@ const PARALLEL_VERIFY_MIN: usize = 64;
 
 /// Media type of the binary submission body: entries, each behind its length as a u32
 /// little-endian.
-pub const ENTRIES_MEDIA_TYPE: &str = "application/vnd.tally.entries";
+pub use tally_core::submission::ENTRIES_MEDIA_TYPE;
 /// Media type of the export stream: per entry, `u32le len || leaf record || u32le len || entry`.
 pub const EXPORT_MEDIA_TYPE: &str = "application/vnd.tally.export";
 
@@ -102,42 +103,12 @@ pub struct SubmitResponse {
     results: Vec<EntryResult>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonSubmission {
-    entries: Vec<String>,
-}
-
 fn content_type(headers: &HeaderMap) -> &str {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim())
         .unwrap_or("")
-}
-
-/// Split the binary body into entries.
-fn split_binary(bytes: &[u8], max: usize) -> Result<Vec<Vec<u8>>, Problem> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        if out.len() == max {
-            return Err(too_many(max));
-        }
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(Problem::bad_request("malformed-body", "the body ends inside a length prefix"));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        if len > tally_core::entry::ENTRY_BYTES_MAX {
-            return Err(Problem::bad_request("malformed-body", format!("an entry of {len} bytes is over the limit")));
-        }
-        if tail.len() < len {
-            return Err(Problem::bad_request("malformed-body", "the body ends inside an entry"));
-        }
-        out.push(tail[..len].to_vec());
-        rest = &tail[len..];
-    }
-    Ok(out)
 }
 
 fn too_many(max: usize) -> Problem {
@@ -216,20 +187,15 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
             format!("the body is over {} bytes (or was cut off)", state.config.body_bytes_max),
         )
     })?;
-    let raw: Vec<Result<Vec<u8>, &'static str>> = if media == "application/json" {
-        let doc: JsonSubmission = serde_json::from_slice(&bytes).map_err(|e| {
-            Problem::bad_request("malformed-json", format!("expected {{\"entries\": [base64, ...]}}: {e}"))
-        })?;
-        if doc.entries.len() > max {
-            return Err(too_many(max));
-        }
-        doc.entries.iter().map(|s| B64.decode(s).map_err(|_| "not standard base64")).collect()
+    let parsed = if media == "application/json" {
+        submission::parse_json(&bytes, max)
     } else {
-        split_binary(&bytes, max)?.into_iter().map(Ok).collect()
+        submission::parse_binary(&bytes, max)
     };
-    if raw.is_empty() {
-        return Err(Problem::bad_request("empty-batch", "a submission carries at least one entry"));
-    }
+    let raw = parsed.map_err(|e| match e {
+        BodyError::TooManyEntries(max) => too_many(max),
+        e => Problem::bad_request(e.code(), e.to_string()),
+    })?;
     state.metrics.batch_entries.observe(raw.len() as f64);
     let count = raw.len();
     let started = Instant::now();
