@@ -221,3 +221,79 @@ async fn hostile_submissions_get_specific_4xx_and_change_nothing() {
     assert_eq!(fingerprint(&node), before, "no hostile input changed the ledger");
     node.node.shutdown().await;
 }
+
+/// Slow senders and idle connections: each must send a complete request head within the
+/// header timeout (also between requests), and at most `connections_max` are open; one
+/// more is closed at once. Once the slow ones are cut off, others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_cut_off_and_do_not_starve_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let node = start_with(None, |c| {
+        c.connections_max = Some(32);
+        c.header_read_timeout_ms = Some(400);
+    })
+    .await;
+    standard(&node).await;
+    // The client's keep-alive connection from the set-up is idle: the server closes it.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let addr = node.node.addr;
+    // A keep-alive connection that goes idle after a request is closed too.
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 512];
+    assert!(kept.read(&mut answer).await.unwrap() > 0);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match kept.read(&mut answer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    closed.await.expect("an idle keep-alive connection is closed by the server");
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for n in 0..32 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if n % 2 == 1 {
+            s.write_all(b"POST /v1/entries HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        }
+        held.push(tokio::spawn(async move {
+            // Idle ones send nothing; slow ones a header byte every 100 ms. Either way the
+            // server must close the connection.
+            let mut buf = [0u8; 256];
+            loop {
+                if n % 2 == 1 && s.write_all(b"X").await.is_err() {
+                    return;
+                }
+                match tokio::time::timeout(std::time::Duration::from_millis(100), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    _ => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Every slot is taken: one more connection is closed without an answer.
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a connection over the limit is closed: {read:?}");
+    for h in held {
+        tokio::time::timeout(std::time::Duration::from_secs(10), h)
+            .await
+            .expect("every slow or idle connection is closed by the server")
+            .unwrap();
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // And with the slow ones gone, others are served.
+    assert_eq!(node.get_status("/healthz").await, 200);
+    let metrics = reqwest::get(format!("{}/metrics", node.base)).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tally_connections_refused_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    node.node.shutdown().await;
+}

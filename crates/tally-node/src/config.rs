@@ -20,6 +20,10 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Longest validity (`expires − created`) of a signed read request, and how old its
 /// `created` may be.
 pub const SIGNATURE_WINDOW_S_DEFAULT: u64 = 300;
+/// Open connections at most (each costs a file descriptor and a task).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// How long a connection may take to send a request head, or sit idle between requests.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Entries per page of history and per chunk of the export stream.
 pub const PAGE_ENTRIES_MAX: usize = 1000;
 
@@ -38,6 +42,11 @@ pub struct NodeConfig {
     pub concurrent_requests_max: usize,
     pub request_timeout_ms: u64,
     pub signature_window_s: u64,
+    /// Open connections at most; a connection over the limit is closed as it is accepted.
+    pub connections_max: usize,
+    /// A connection must send a complete request head within this long, both when it
+    /// opens and after each response (so idle keep-alive connections are closed too).
+    pub header_read_timeout_ms: u64,
 }
 
 /// The TOML file: every field optional.
@@ -54,6 +63,8 @@ pub struct FileConfig {
     pub concurrent_requests_max: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub signature_window_s: Option<u64>,
+    pub connections_max: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
 }
 
 /// Why the configuration or the key could not be used.
@@ -90,6 +101,8 @@ impl FileConfig {
             concurrent_requests_max: self.concurrent_requests_max.or(other.concurrent_requests_max),
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
             signature_window_s: self.signature_window_s.or(other.signature_window_s),
+            connections_max: self.connections_max.or(other.connections_max),
+            header_read_timeout_ms: self.header_read_timeout_ms.or(other.header_read_timeout_ms),
         }
     }
 
@@ -108,6 +121,8 @@ impl FileConfig {
             concurrent_requests_max: self.concurrent_requests_max.unwrap_or(CONCURRENT_REQUESTS_MAX_DEFAULT),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(REQUEST_TIMEOUT_MS_DEFAULT),
             signature_window_s: self.signature_window_s.unwrap_or(SIGNATURE_WINDOW_S_DEFAULT),
+            connections_max: self.connections_max.unwrap_or(CONNECTIONS_MAX_DEFAULT),
+            header_read_timeout_ms: self.header_read_timeout_ms.unwrap_or(HEADER_READ_TIMEOUT_MS_DEFAULT),
         };
         let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_string() });
         if c.entries_per_request_max == 0 || c.entries_per_request_max > tally_ledger::ENTRIES_PER_APPEND_MAX {
@@ -118,6 +133,12 @@ impl FileConfig {
         }
         if c.concurrent_requests_max == 0 {
             return invalid("concurrent_requests_max", "must be at least 1");
+        }
+        if c.connections_max == 0 {
+            return invalid("connections_max", "must be at least 1");
+        }
+        if c.header_read_timeout_ms == 0 {
+            return invalid("header_read_timeout_ms", "must be at least 1");
         }
         if c.signature_window_s == 0 || c.signature_window_s > 3600 {
             return invalid("signature_window_s", "must be 1 to 3600");

@@ -15,6 +15,7 @@ pub mod problem;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -131,6 +132,66 @@ pub struct Node {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// Accept connections until `stopped`, then close idle ones and wait for in-flight
+/// requests. At most `connections_max` connections are open at once (one more is closed as
+/// it is accepted), and each must send a complete request head within the header timeout,
+/// when it opens and again after every response, so neither slow senders nor idle
+/// keep-alive connections can hold descriptors for long.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    (connections_max, header_timeout): (usize, Duration),
+    state: Arc<AppState>,
+    stopped: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    // HTTP/1.1 only: the automatic HTTP/2 detection reads the first bytes with no timeout,
+    // which an idle connection would hold open forever.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections_max));
+    tokio::pin!(stopped);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            state.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            continue; // dropping the stream closes it
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // hyper's header timeout starts with the first byte; a connection that sends
+            // nothing gets the same time to start.
+            let mut first = [0u8; 1];
+            if !matches!(tokio::time::timeout(header_timeout, stream.peek(&mut first)).await, Ok(Ok(1))) {
+                drop(slot);
+                return;
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            // A connection's errors (a client gone, a header timeout) concern that client.
+            let _ = watcher.watch(connection.into_owned()).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
 impl Node {
     /// Open the ledger and start serving on `config.listen` (port 0 picks a free port).
     pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
@@ -163,13 +224,8 @@ impl Node {
         });
         let app = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let limits = (state.config.connections_max, Duration::from_millis(state.config.header_read_timeout_ms));
+        let server = tokio::spawn(serve(listener, app, limits, state.clone(), stopped));
         tracing::info!(%addr, size = state.ledger.size(), "tally node listening");
         Ok(Node { addr, state, stop: Some(stop), server })
     }

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Time to decode and verify a batch.
     pub verify_seconds: Histogram,
+    /// Connections closed on accept because `connections_max` were open.
+    pub connections_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -100,6 +102,7 @@ impl Default for Metrics {
             batch_entries: Histogram::new(SIZES),
             commit_seconds: Histogram::new(SECONDS),
             verify_seconds: Histogram::new(SECONDS),
+            connections_refused: AtomicU64::new(0),
         }
     }
 }
@@ -130,6 +133,11 @@ impl Metrics {
             "code",
             "Entries refused before sequencing (decoding, signature verification), by code.",
             &mut out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tally_connections_refused_total Connections closed on accept: connections_max were open.\n# TYPE tally_connections_refused_total counter\ntally_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
         );
         self.responses.render("tally_http_responses_total", "status", "HTTP responses, by status code.", &mut out);
         self.batch_entries.render("tally_submit_batch_entries", "Entries per submission.", &mut out);
