@@ -17,12 +17,9 @@
 //! `TALLY_BENCH_BATCH` (receipts per request, default 256) the peak load's shape, and
 //! `TALLY_BENCH_LATENCY_BATCH` (default 32) the request size of the latency run.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_core::entry::Entry;
 use tally_core::submission::binary_body as body;
 use tally_tests::{collective_key, setup};
 
@@ -32,45 +29,9 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Submit one binary body of entries.
-async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::Response {
-    http.post(url).header("content-type", "application/vnd.tally.entries").body(body).send().await.expect("send")
-}
-
-/// The child: run a node on `dir` and print its address.
-fn child(dir: &str) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let key_file = std::path::Path::new(dir).join("collective.key");
-        std::fs::write(&key_file, hex::encode(collective_key().seed())).expect("key file");
-        let config = tally_node::FileConfig {
-            data: Some(std::path::Path::new(dir).join("ledger")),
-            listen: Some("127.0.0.1:0".parse().expect("address")),
-            key_file: Some(key_file),
-            checkpoint_interval_ms: std::env::var("TALLY_BENCH_CHECKPOINT_MS").ok().and_then(|v| v.parse().ok()),
-            ..Default::default()
-        }
-        .resolve()
-        .expect("config");
-        let node = tally_node::Node::start(config).await.expect("start");
-        println!("listening {}", node.addr);
-        // Stop when the parent closes our stdin.
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            let _ = std::io::stdin().read_line(&mut line);
-        })
-        .await;
-        node.shutdown().await;
-    });
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3
-}
-
 fn main() {
-    if let Ok(dir) = std::env::var("TALLY_BENCH_NODE_CHILD") {
-        return child(&dir);
+    if tally_benches::node_child() {
+        return;
     }
     let count = env("TALLY_BENCH_RECEIPTS", 200_000);
     let connections = env("TALLY_BENCH_CONNECTIONS", 16);
@@ -85,17 +46,8 @@ fn main() {
     println!("ceiling: batch Ed25519 verification on every core      {ceiling:>10.0} receipts/s");
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Command::new(std::env::current_exe().expect("this binary"))
-        .env("TALLY_BENCH_NODE_CHILD", dir.path())
-        .env("TALLY_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the node");
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().expect("piped")).read_line(&mut line).expect("node address");
-    let addr = line.trim().strip_prefix("listening ").expect("the node prints its address").to_string();
-    let url = format!("http://{addr}/v1/entries");
+    let node = tally_benches::ChildNode::spawn(dir.path());
+    let url = format!("http://{}/v1/entries", node.addr);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build().expect("client");
     runtime.block_on(async {
@@ -112,42 +64,11 @@ fn main() {
     // second half, in `latency_batch`-sized requests, latency at half that rate.
     let (peak_part, latency_part) = receipts.split_at(receipts.len() / 2);
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(peak_part.chunks(batch).map(body).collect());
-    let lens: Vec<usize> = peak_part.chunks(batch).map(<[Entry]>::len).collect();
-    let half = bodies.len();
     let small: Arc<Vec<Vec<u8>>> = Arc::new(latency_part.chunks(latency_batch).map(body).collect());
 
     // Peak: every connection sends its next batch as soon as the last is acknowledged.
-    let peak = runtime.block_on(async {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let t = Instant::now();
-        let tasks: Vec<_> = (0..connections)
-            .map(|_| {
-                let (http, url, bodies, next) = (http.clone(), url.clone(), bodies.clone(), next.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= half {
-                            break;
-                        }
-                        loop {
-                            let r = post(&http, &url, bodies[i].clone()).await;
-                            if r.status().is_success() {
-                                let _ = r.bytes().await;
-                                break;
-                            }
-                            assert_eq!(r.status().as_u16(), 503, "only back-pressure is expected");
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("load task");
-        }
-        let sent: usize = lens[..half].iter().sum();
-        sent as f64 / t.elapsed().as_secs_f64()
-    });
+    let took = runtime.block_on(tally_benches::closed_loop(&http, &url, bodies, connections));
+    let peak = peak_part.len() as f64 / took.as_secs_f64();
     println!(
         "sustained durable ingest over HTTP                     {peak:>10.0} receipts/s  = {:.0}% of the ceiling",
         peak / ceiling * 100.0
@@ -164,7 +85,7 @@ fn main() {
             let (http, url, bodies) = (http.clone(), url.clone(), small.clone());
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
-                let r = post(&http, &url, bodies[i].clone()).await;
+                let r = tally_benches::post(&http, &url, bodies[i].clone()).await;
                 assert!(r.status().is_success(), "{}", r.status());
                 let _ = r.bytes().await;
                 t.elapsed()
@@ -180,15 +101,14 @@ fn main() {
     println!(
         "ack latency at 50% of peak ({:.0} receipts/s offered)  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} requests of {latency_batch})",
         peak * 0.5,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 0.999),
+        tally_benches::percentile(&latencies, 0.5),
+        tally_benches::percentile(&latencies, 0.99),
+        tally_benches::percentile(&latencies, 0.999),
         latencies.len()
     );
-    let rss = tally_benches::peak_rss(node.id()).unwrap_or(0);
+    let rss = tally_benches::peak_rss(node.process.id()).unwrap_or(0);
     println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
-    drop(node.stdin.take());
-    node.wait().expect("node exit");
+    node.stop();
 
     // Bytes on disk per receipt, after compaction.
     let ledger_dir = dir.path().join("ledger");

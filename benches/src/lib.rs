@@ -1,6 +1,10 @@
 //! Helpers shared by Tally's benchmarks: pre-signed workloads and a description of the
 //! machine, so every printed figure says what it was measured on.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
 use rand::SeedableRng;
 use tally_core::entry::Entry;
 use tally_tests::random_receipt;
@@ -88,4 +92,116 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
         }
     }
     total
+}
+
+/// A Tally node in a child process (this same bench binary, re-executed with
+/// `TALLY_BENCH_NODE_CHILD` set), so that its CPU time and memory are its own. The node's
+/// data is in `<dir>/ledger`; it runs until [`ChildNode::stop`].
+#[derive(Debug)]
+pub struct ChildNode {
+    pub process: Child,
+    pub addr: String,
+}
+
+impl ChildNode {
+    pub fn spawn(dir: &std::path::Path) -> ChildNode {
+        let mut process = Command::new(std::env::current_exe().expect("this binary"))
+            .env("TALLY_BENCH_NODE_CHILD", dir)
+            .env("TALLY_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the node");
+        let mut line = String::new();
+        BufReader::new(process.stdout.take().expect("piped")).read_line(&mut line).expect("node address");
+        let addr = line.trim().strip_prefix("listening ").expect("the node prints its address").to_string();
+        ChildNode { process, addr }
+    }
+
+    /// Close the child's stdin: it shuts down gracefully (final checkpoint) and exits.
+    pub fn stop(mut self) {
+        drop(self.process.stdin.take());
+        self.process.wait().expect("node exit");
+    }
+}
+
+/// In a bench's `main`, first: if this process is a [`ChildNode`], run the node until
+/// stdin closes and return true.
+pub fn node_child() -> bool {
+    let Ok(dir) = std::env::var("TALLY_BENCH_NODE_CHILD") else { return false };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let dir = std::path::Path::new(&dir);
+        let key_file = dir.join("collective.key");
+        std::fs::write(&key_file, hex::encode(tally_tests::collective_key().seed())).expect("key file");
+        let config = tally_node::FileConfig {
+            data: Some(dir.join("ledger")),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            key_file: Some(key_file),
+            checkpoint_interval_ms: std::env::var("TALLY_BENCH_CHECKPOINT_MS").ok().and_then(|v| v.parse().ok()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("config");
+        let node = tally_node::Node::start(config).await.expect("start");
+        println!("listening {}", node.addr);
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        })
+        .await;
+        node.shutdown().await;
+    });
+    true
+}
+
+/// Submit one binary body of entries.
+pub async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::Response {
+    http.post(url)
+        .header("content-type", tally_core::submission::ENTRIES_MEDIA_TYPE)
+        .body(body)
+        .send()
+        .await
+        .expect("send")
+}
+
+/// The `q` quantile of sorted durations, in milliseconds.
+pub fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3
+}
+
+/// Send every body (binary submissions) over `connections` connections, each sending its
+/// next as soon as the last is acknowledged (503 back-pressure is retried); return how long
+/// it took.
+pub async fn closed_loop(
+    http: &reqwest::Client,
+    url: &str,
+    bodies: std::sync::Arc<Vec<Vec<u8>>>,
+    connections: usize,
+) -> Duration {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let t = std::time::Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (http, url, bodies, next) = (http.clone(), url.to_string(), bodies.clone(), next.clone());
+            tokio::spawn(async move {
+                while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    loop {
+                        let r = post(&http, &url, body.clone()).await;
+                        if r.status().is_success() {
+                            let _ = r.bytes().await;
+                            break;
+                        }
+                        assert_eq!(r.status().as_u16(), 503, "only back-pressure is expected");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("load task");
+    }
+    t.elapsed()
 }

@@ -1,0 +1,154 @@
+//! Soak: a node in a child process under half of its peak load for a long time, durable,
+//! over HTTP on 127.0.0.1. Does it stay the same? It prints, each minute, the load offered
+//! and acknowledged, acknowledgement latency p50/p99 and the node's resident memory; at the
+//! end it compares the last window with the first (RSS and p99 each within 10%).
+//!
+//! Run: `cargo bench -p tally-benches --bench soak` (30 minutes). `TALLY_SOAK_SECONDS`
+//! sets the duration (default 1800); the comparison window is the first and last five
+//! minutes, or a sixth of the run if that is shorter.
+//!
+//! The peak is measured first with 100,000 pre-signed receipts (16 connections of 256);
+//! the soak then offers half of it, open loop, in requests of 32. Every receipt of the soak
+//! is signed before it starts, on every core (signing costs as much as verifying and must
+//! not share the node's CPU): for 30 minutes that is about 25M receipts, some 10 minutes of
+//! signing and 7 GB of request bodies held by the load generator (not the node).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use tally_core::submission::binary_body;
+use tally_tests::{random_receipt, setup};
+
+const LABS: u8 = 8;
+const BATCH: usize = 32;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Minute {
+    offered: usize,
+    latencies: Vec<Duration>,
+    rss: u64,
+}
+
+fn main() {
+    if tally_benches::node_child() {
+        return;
+    }
+    let seconds = env("TALLY_SOAK_SECONDS", 1800);
+    let window = (seconds / 6).clamp(1, 300);
+    println!("tally soak on {}: {seconds} s at half of peak, windows of {window} s", tally_benches::machine());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = tally_benches::ChildNode::spawn(dir.path());
+    let url = format!("http://{}/v1/entries", node.addr);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    runtime.block_on(async {
+        let r = tally_benches::post(&http, &url, binary_body(&setup(LABS))).await;
+        assert!(r.status().is_success());
+    });
+
+    let warmup = tally_benches::presigned_receipts(100_000, LABS);
+    let bodies = Arc::new(warmup.chunks(256).map(binary_body).collect::<Vec<_>>());
+    let took = runtime.block_on(tally_benches::closed_loop(&http, &url, bodies, 16));
+    let peak = warmup.len() as f64 / took.as_secs_f64();
+    let rate = peak / 2.0;
+    println!("peak {peak:.0} receipts/s; soaking at {rate:.0} receipts/s in requests of {BATCH}");
+
+    let requests = (rate * seconds as f64 / BATCH as f64).ceil() as usize;
+    println!("signing {} receipts for the soak...", requests * BATCH);
+    let soak: Vec<Vec<u8>> = {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut rng = rand::rngs::StdRng::seed_from_u64(0x50a4_0000 + t as u64);
+                        (0..requests.div_ceil(threads))
+                            .map(|n| {
+                                let lab = |i: usize| ((n + i) % usize::from(LABS)) as u8 + 1;
+                                binary_body(&(0..BATCH).map(|i| random_receipt(lab(i), &mut rng)).collect::<Vec<_>>())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("signing thread")).take(requests).collect()
+        })
+    };
+    let mut soak = soak.into_iter();
+    let interval = Duration::from_secs_f64(BATCH as f64 / rate);
+    let minutes = seconds.div_ceil(60) as usize;
+    let pid = node.process.id();
+    let mut report: Vec<Minute> = Vec::new();
+    runtime.block_on(async {
+        let start = tokio::time::Instant::now();
+        let mut sent = 0u32;
+        for minute in 0..minutes {
+            let end = start + Duration::from_secs(((minute as u64 + 1) * 60).min(seconds));
+            let mut tasks = Vec::new();
+            loop {
+                let at = start + interval * sent;
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                sent += 1;
+                let Some(body) = soak.next() else { break };
+                let (http, url) = (http.clone(), url.clone());
+                tasks.push(tokio::spawn(async move {
+                    let t = Instant::now();
+                    let r = tally_benches::post(&http, &url, body).await;
+                    assert!(r.status().is_success(), "{}", r.status());
+                    let _ = r.bytes().await;
+                    t.elapsed()
+                }));
+            }
+            let offered = tasks.len() * BATCH;
+            let mut latencies = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                latencies.push(t.await.expect("request"));
+            }
+            latencies.sort();
+            let rss = tally_benches::rss(pid).unwrap_or(0);
+            let span = (end - (start + Duration::from_secs(minute as u64 * 60))).as_secs_f64();
+            println!(
+                "minute {:>3}: {:>6.0} receipts/s acknowledged   p50 {:>6.2} ms   p99 {:>6.2} ms   node RSS {:>6.1} MiB",
+                minute + 1,
+                offered as f64 / span,
+                tally_benches::percentile(&latencies, 0.5),
+                tally_benches::percentile(&latencies, 0.99),
+                rss as f64 / (1 << 20) as f64
+            );
+            report.push(Minute { offered, latencies, rss });
+        }
+    });
+    node.stop();
+
+    // First and last windows (whole minutes, at least one each).
+    let per = (window.div_ceil(60) as usize).clamp(1, report.len());
+    let summary = |minutes: &[Minute]| {
+        let mut all: Vec<Duration> = minutes.iter().flat_map(|m| m.latencies.iter().copied()).collect();
+        all.sort();
+        let rss = minutes.iter().map(|m| m.rss).max().unwrap_or(0);
+        (
+            tally_benches::percentile(&all, 0.99),
+            rss as f64 / (1 << 20) as f64,
+            minutes.iter().map(|m| m.offered).sum::<usize>(),
+        )
+    };
+    let (p99_first, rss_first, _) = summary(&report[..per]);
+    let (p99_last, rss_last, _) = summary(&report[report.len() - per..]);
+    let total: usize = report.iter().map(|m| m.offered).sum();
+    let change = |a: f64, b: f64| (b - a) / a * 100.0;
+    println!("receipts acknowledged: {total}");
+    println!(
+        "first {per} min: p99 {p99_first:.2} ms, RSS {rss_first:.1} MiB;  last {per} min: p99 {p99_last:.2} ms ({:+.1}%), RSS {rss_last:.1} MiB ({:+.1}%)",
+        change(p99_first, p99_last),
+        change(rss_first, rss_last)
+    );
+    let steady = change(p99_first, p99_last) <= 10.0 && change(rss_first, rss_last) <= 10.0;
+    println!("{}", if steady { "steady: within 10%" } else { "NOT steady: a figure grew by more than 10%" });
+}
