@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode,
-    Options, WriteBatch,
+    BlockBasedIndexType, BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, Direction,
+    IteratorMode, Options, WriteBatch,
 };
 use tally_core::Hash;
 use tally_core::entry::{Entry, LeafRecord};
@@ -104,6 +104,12 @@ impl Store {
         db_opts.create_missing_column_families(true);
         // Checksums on every read make a flipped byte an error rather than a wrong answer.
         db_opts.set_paranoid_checks(true);
+        // A damaged record anywhere in the write-ahead log fails the open. RocksDB's default
+        // (point-in-time recovery) would instead stop replaying at the damage and open
+        // without every later group, silently losing acknowledged entries; the corruption
+        // test found that. Only an incomplete last record, which a crash mid-write leaves
+        // and which was never acknowledged, is tolerated.
+        db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
         // One memtable budget for all column families (each would otherwise grow to 64 MiB
         // before flushing, ~640 MiB in all): memory stays flat as the ledger grows.
         db_opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
