@@ -111,10 +111,6 @@ fn content_type(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-fn too_many(max: usize) -> Problem {
-    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-many-entries", format!("at most {max} entries per request"))
-}
-
 /// Decode and verify on the blocking pool: entries that pass, with their request index,
 /// and results for those that do not.
 fn check_entries(
@@ -193,7 +189,7 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
         submission::parse_binary(&bytes, max)
     };
     let raw = parsed.map_err(|e| match e {
-        BodyError::TooManyEntries(max) => too_many(max),
+        BodyError::TooManyEntries(_) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.code(), e.to_string()),
         e => Problem::bad_request(e.code(), e.to_string()),
     })?;
     state.metrics.batch_entries.observe(raw.len() as f64);
