@@ -569,8 +569,8 @@ impl Sequencer {
         self.store.batch_put(&mut group.batch, CF_META, META_SIZE, &size.to_be_bytes());
         for (key, value) in engine.take_writes() {
             match value {
-                Some(v) => self.store.batch_put(&mut group.batch, CF_STATE, &key, &v),
-                None => self.store.batch_delete(&mut group.batch, CF_STATE, &key),
+                Some(v) => self.store.batch_put(&mut group.batch, state_cf(&key), &key, &v),
+                None => self.store.batch_delete(&mut group.batch, state_cf(&key), &key),
             }
         }
         let result = match failed {

@@ -29,7 +29,8 @@ pub(crate) const CF_STATE: &str = "state";
 pub(crate) const CF_PARTIES: &str = "parties";
 pub(crate) const CF_EFFECTS: &str = "effects";
 pub(crate) const CF_LEAF_INDEX: &str = "leaf_index";
-const COLUMN_FAMILIES: [&str; 10] = [
+pub(crate) const CF_CHARGES: &str = "charges";
+const COLUMN_FAMILIES: [&str; 11] = [
     CF_ENTRIES,
     CF_LEAVES,
     CF_HASHES,
@@ -40,12 +41,47 @@ const COLUMN_FAMILIES: [&str; 10] = [
     CF_PARTIES,
     CF_EFFECTS,
     CF_LEAF_INDEX,
+    CF_CHARGES,
 ];
+
+/// The column family holding a settlement state key: per-receipt charge records in
+/// `charges`, everything else in `state`. Charge records are one per receipt, written in
+/// sequence order and rarely read; in `state` they made it the largest and busiest family,
+/// so every registry probe (several a receipt, mostly misses) checked the filters of many
+/// files. Apart, `state` stays small and `charges` is appended in order.
+pub(crate) fn state_cf(key: &[u8]) -> &'static str {
+    if key.first() == Some(&tally_settlement::engine::CHARGES_TABLE) { CF_CHARGES } else { CF_STATE }
+}
 
 /// The block cache all column families share.
 pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// Memory all memtables together may use before RocksDB flushes the largest.
-pub const MEMTABLES_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Memory all memtables together may use; past it RocksDB flushes whichever column family
+/// holds the oldest memtable. Sized above the sum of the per-family sizes
+/// ([`memtable_bytes`]), so in normal running each family flushes when its own memtable
+/// is full and this is only a ceiling.
+pub const MEMTABLES_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// Write-ahead log kept before the families still holding its oldest part (the small ones:
+/// `meta`, `checkpoints`) are flushed; bounds disk use and replay time after a crash.
+pub const WAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Memtable size of each column family, in proportion to what an appended receipt writes
+/// to it (an entry is ~300 bytes, its leaf record ~80, its charge record ~100, its index
+/// keys 16-40). With one shared size, the write buffer manager flushed the family with the
+/// oldest memtable, which is a tiny one (`meta` is written by every group): every flush
+/// then cascaded through all ten families, several times a second under load, leaving
+/// piles of small level-0 files that every dedup lookup had to probe.
+fn memtable_bytes(cf: &str) -> usize {
+    const MIB: usize = 1024 * 1024;
+    match cf {
+        CF_ENTRIES => 32 * MIB,
+        CF_LEAVES | CF_DEDUP => 16 * MIB,
+        CF_STATE => 4 * MIB,
+        CF_LEAF_INDEX | CF_PARTIES => 8 * MIB,
+        CF_CHARGES => 16 * MIB,
+        CF_HASHES | CF_EFFECTS => 2 * MIB,
+        _ => MIB,
+    }
+}
 
 /// `meta` key holding the tree size (u64 big-endian), written in every append batch.
 pub(crate) const META_SIZE: &[u8] = b"size";
@@ -111,8 +147,10 @@ impl Store {
         // and which was never acknowledged, is tolerated.
         db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
         // One memtable budget for all column families (each would otherwise grow to 64 MiB
-        // before flushing, ~640 MiB in all): memory stays flat as the ledger grows.
+        // before flushing, ~640 MiB in all): memory stays flat as the ledger grows. Each
+        // family has its own, smaller size within it (`memtable_bytes`).
         db_opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        db_opts.set_max_total_wal_size(WAL_BYTES_MAX);
         // Flushes and compactions write at most 16 MiB/s (ingest at 40k receipts/s writes
         // about 11 MiB/s compressed): a flush is spread out instead of taking a whole core
         // in a burst, which showed up as acknowledgement-latency spikes.
@@ -121,6 +159,7 @@ impl Store {
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
+            cf.set_write_buffer_size(memtable_bytes(name));
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             // Index and filter blocks grow with the data (about 50 MiB per 10M receipts);
@@ -159,7 +198,34 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
-        Ok(Self { db: Arc::new(db) })
+        let store = Self { db: Arc::new(db) };
+        store.move_charges_out_of_state()?;
+        Ok(store)
+    }
+
+    /// Ledgers written before the `charges` family existed kept charge records in `state`.
+    /// Move them, in synced batches that each put and delete the same keys, so that a crash
+    /// part-way leaves every record in exactly one of the two and the next open carries on.
+    fn move_charges_out_of_state(&self) -> Result<(), LedgerError> {
+        const MOVE_BATCH: usize = 10_000;
+        let prefix = [tally_settlement::engine::CHARGES_TABLE];
+        loop {
+            let mut batch = WriteBatch::default();
+            let mut moved = 0;
+            for item in self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item?;
+                if k.first() != Some(&prefix[0]) || moved == MOVE_BATCH {
+                    break;
+                }
+                batch.put_cf(self.cf(CF_CHARGES), &k, &v);
+                batch.delete_cf(self.cf(CF_STATE), &k);
+                moved += 1;
+            }
+            if moved == 0 {
+                return Ok(());
+            }
+            self.write_synced(batch)?;
+        }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -414,19 +480,26 @@ impl Store {
 
 impl StateStore for Store {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        self.db.get_cf(self.cf(CF_STATE), key).map_err(|e| StateError::Storage(e.to_string()))
+        self.db.get_cf(self.cf(state_cf(key)), key).map_err(|e| StateError::Storage(e.to_string()))
     }
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-        self.db
-            .batched_multi_get_cf(self.cf(CF_STATE), keys.iter().copied(), false)
-            .into_iter()
-            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(|e| StateError::Storage(e.to_string())))
-            .collect()
+        let mut out = vec![None; keys.len()];
+        for cf in [CF_STATE, CF_CHARGES] {
+            let (at, these): (Vec<usize>, Vec<&[u8]>) =
+                keys.iter().enumerate().filter(|(_, k)| state_cf(k) == cf).map(|(i, k)| (i, *k)).unzip();
+            if these.is_empty() {
+                continue;
+            }
+            for (i, r) in at.into_iter().zip(self.db.batched_multi_get_cf(self.cf(cf), these, false)) {
+                out[i] = r.map_err(|e| StateError::Storage(e.to_string()))?.map(|v| v.to_vec());
+            }
+        }
+        Ok(out)
     }
 
     fn scan(&self, prefix: u8) -> Result<Pairs, StateError> {
-        let iter = self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::From(&[prefix], Direction::Forward));
+        let iter = self.db.iterator_cf(self.cf(state_cf(&[prefix])), IteratorMode::From(&[prefix], Direction::Forward));
         let mut out = Vec::new();
         for item in iter {
             let (k, v) = item.map_err(|e| StateError::Storage(e.to_string()))?;
@@ -444,5 +517,35 @@ impl NodeReader for Store {
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
         let (base, first, count) = node_base(level, index);
         Ok(hash_up(self.stored_hashes(base, first, count)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_settlement::engine::CHARGES_TABLE;
+
+    #[test]
+    fn charge_records_live_in_their_own_family_and_old_ones_move_there_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let charge = [CHARGES_TABLE, 0, 0, 0, 0, 0, 0, 0, 7];
+        let other = [CHARGES_TABLE - 1, 1, 2];
+        {
+            // As a ledger from before the split left it: charge records in `state`.
+            let store = Store::open(dir.path()).expect("open");
+            let state = store.cf(CF_STATE);
+            store.db.put_cf(state, charge, b"charge").expect("put");
+            store.db.put_cf(state, other, b"pattern").expect("put");
+            store.db.put_cf(state, [CHARGES_TABLE + 1, 9], b"marker").expect("put");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.db.get_cf(store.cf(CF_STATE), charge).expect("get"), None, "moved out of state");
+        assert_eq!(store.db.get_cf(store.cf(CF_CHARGES), charge).expect("get").as_deref(), Some(&b"charge"[..]));
+        // Reads route by table: one at a time, together, and by prefix.
+        assert_eq!(store.get(&charge).expect("get").as_deref(), Some(&b"charge"[..]));
+        let many = store.get_many(&[&other, &charge, &[CHARGES_TABLE, 1], &[CHARGES_TABLE + 1, 9]]).expect("get");
+        assert_eq!(many, vec![Some(b"pattern".to_vec()), Some(b"charge".to_vec()), None, Some(b"marker".to_vec())]);
+        assert_eq!(store.scan(CHARGES_TABLE).expect("scan"), vec![(charge.to_vec(), b"charge".to_vec())]);
+        assert_eq!(store.scan(CHARGES_TABLE - 1).expect("scan"), vec![(other.to_vec(), b"pattern".to_vec())]);
     }
 }

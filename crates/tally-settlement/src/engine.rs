@@ -35,6 +35,9 @@ const T_USAGE: u8 = 0x07;
 const T_SPEND: u8 = 0x08;
 const I_PATTERNS: u8 = 0x10;
 const I_CHARGES: u8 = 0x11;
+/// Table prefix of per-receipt charge records: one written for every receipt, keyed by its
+/// sequence number and rarely read, unlike every other table. A store may keep them apart.
+pub const CHARGES_TABLE: u8 = I_CHARGES;
 const I_MARKERS: u8 = 0x12;
 const I_UNCLAIMED: u8 = 0x13;
 const I_SETTLED: u8 = 0x14;
