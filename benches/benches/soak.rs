@@ -9,7 +9,7 @@
 //!
 //! The peak is measured first with 100,000 pre-signed receipts (16 connections of 256);
 //! the soak then offers half of it, open loop, in requests of the same size
-//! (`TALLY_SOAK_batch`, default 256). Half of that peak in much smaller requests is more
+//! (`TALLY_SOAK_BATCH`, default 256). Half of that peak in much smaller requests is more
 //! than half the node's capacity: per-request costs grow as requests shrink. A 503 (the
 //! node shedding load) is counted and reported, not retried. Every receipt of the soak
 //! is signed before it starts, on every core (signing costs as much as verifying and must
@@ -41,7 +41,7 @@ fn main() {
         return;
     }
     let seconds = env("TALLY_SOAK_SECONDS", 1800);
-    let batch = env("TALLY_SOAK_batch", 256) as usize;
+    let batch = env("TALLY_SOAK_BATCH", 256) as usize;
     let window = (seconds / 6).clamp(1, 300);
     println!("tally soak on {}: {seconds} s at half of peak, windows of {window} s", tally_benches::machine());
     let dir = tempfile::tempdir().expect("temp dir");
@@ -58,7 +58,8 @@ fn main() {
     let bodies = Arc::new(warmup.chunks(256).map(binary_body).collect::<Vec<_>>());
     let took = runtime.block_on(tally_benches::closed_loop(&http, &url, bodies, 16));
     let peak = warmup.len() as f64 / took.as_secs_f64();
-    let rate = peak / 2.0;
+    // `TALLY_SOAK_RATE` (receipts/s) fixes the offered load instead, to compare two builds.
+    let rate = std::env::var("TALLY_SOAK_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(peak / 2.0);
     println!("peak {peak:.0} receipts/s; soaking at {rate:.0} receipts/s in requests of {batch}");
 
     let requests = (rate * seconds as f64 / batch as f64).ceil() as usize;

@@ -27,7 +27,7 @@ use crate::auth::Caller;
 use crate::config::PAGE_ENTRIES_MAX;
 use crate::problem::Problem;
 
-/// Submissions with at least this many entries are verified on two threads.
+/// Submissions with at least this many entries are verified in parts, one per pool thread.
 const PARALLEL_VERIFY_MIN: usize = 64;
 
 /// Media type of the binary submission body: entries, each behind its length as a u32
@@ -195,18 +195,25 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
     state.metrics.batch_entries.observe(raw.len() as f64);
     let count = raw.len();
     let started = Instant::now();
-    // A large submission is verified in two halves on two blocking threads, so one request
-    // is not held to one core's speed.
+    // A large submission is verified in parts on the pool's threads (one per core), so one
+    // request is not held to one core's speed; the parts queue behind earlier requests'.
     let mut raw = raw;
-    let second = if raw.len() >= PARALLEL_VERIFY_MIN { raw.split_off(raw.len() / 2) } else { Vec::new() };
-    let offset = raw.len();
-    let first = tokio::task::spawn_blocking(move || check_entries(raw, 0));
-    let second = tokio::task::spawn_blocking(move || check_entries(second, offset));
-    let failed = |_| Problem::unavailable("verification-failed", "verification did not complete");
-    let (mut valid, mut results) = first.await.map_err(failed)?;
-    let (valid2, results2) = second.await.map_err(failed)?;
-    valid.extend(valid2);
-    results.extend(results2);
+    let parts = if raw.len() >= PARALLEL_VERIFY_MIN { state.verifier.threads() } else { 1 };
+    let part = raw.len().div_ceil(parts).max(1);
+    let mut pending = Vec::with_capacity(parts);
+    while !raw.is_empty() {
+        let rest = raw.split_off(part.min(raw.len()));
+        let offset = count - raw.len() - rest.len();
+        let chunk = std::mem::replace(&mut raw, rest);
+        pending.push(state.verifier.run(move || check_entries(chunk, offset)));
+    }
+    let (mut valid, mut results) = (Vec::with_capacity(count), Vec::new());
+    for p in pending {
+        let (v, r) =
+            p.await.map_err(|_| Problem::unavailable("verification-failed", "verification did not complete"))?;
+        valid.extend(v);
+        results.extend(r);
+    }
     state.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
     for r in &results {
         state.metrics.invalid.add(r.code.unwrap_or("invalid"), 1);

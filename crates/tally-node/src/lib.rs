@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod problem;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub config: NodeConfig,
     pub metrics: metrics::Metrics,
     pub nonces: auth::ReplayCache,
+    /// Where submissions' signatures are checked.
+    pub verifier: verify::VerifyPool,
 }
 
 impl AppState {
@@ -63,6 +66,8 @@ pub enum StartError {
     Ledger(#[from] tally_ledger::LedgerError),
     #[error("cannot listen on {addr}: {error}")]
     Listen { addr: SocketAddr, error: std::io::Error },
+    #[error("cannot start the verification threads: {0}")]
+    Threads(std::io::Error),
 }
 
 async fn count_responses(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -221,6 +226,7 @@ impl Node {
             config,
             metrics: metrics::Metrics::default(),
             nonces: auth::ReplayCache::default(),
+            verifier: verify::VerifyPool::per_core().map_err(StartError::Threads)?,
         });
         let app = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
