@@ -75,6 +75,8 @@ fn main() {
     );
 
     // Latency at 50% of peak: batches offered at a fixed rate, open loop.
+    let base = format!("http://{}", node.addr);
+    let before = runtime.block_on(tally_benches::scrape(&http, &base));
     let latencies = runtime.block_on(async {
         let rate = peak * 0.5 / latency_batch as f64;
         let interval = Duration::from_secs_f64(1.0 / rate);
@@ -106,6 +108,17 @@ fn main() {
         tally_benches::percentile(&latencies, 0.999),
         latencies.len()
     );
+    // Where that latency went, from the node's own histograms over the same requests.
+    let after = runtime.block_on(tally_benches::scrape(&http, &base));
+    for (what, name) in [
+        ("verification (queue + verify)", "tally_verify_seconds"),
+        ("commit (sequencer queue + group + fsync)", "tally_commit_seconds"),
+        ("sequencer: apply per group", "tally_group_apply_seconds"),
+        ("sequencer: synced write per group", "tally_group_write_seconds"),
+    ] {
+        let (n, mean, p99) = tally_benches::histogram_between(&before, &after, name, 0.99);
+        println!("  {what:<50} mean {mean:>6.2} ms  p99 <= {p99} ms  ({n})");
+    }
     let rss = tally_benches::peak_rss(node.process.id()).unwrap_or(0);
     println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
     node.stop();

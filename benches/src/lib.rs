@@ -205,3 +205,37 @@ pub async fn closed_loop(
     }
     t.elapsed()
 }
+
+/// The node's `/metrics` as `series → value` (the series name with its labels, as printed).
+pub async fn scrape(http: &reqwest::Client, base: &str) -> std::collections::HashMap<String, f64> {
+    let text = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What a node histogram recorded between two scrapes: how many, their mean in
+/// milliseconds, and the upper bound (ms) of the bucket holding the `q` quantile.
+pub fn histogram_between(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    name: &str,
+    q: f64,
+) -> (u64, f64, f64) {
+    let delta = |series: &str| after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
+    let count = delta(&format!("{name}_count"));
+    let mean = if count > 0.0 { delta(&format!("{name}_sum")) / count * 1e3 } else { 0.0 };
+    let mut buckets: Vec<(f64, f64)> = after
+        .keys()
+        .filter_map(|k| k.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|rest| rest.strip_suffix("\"}"))
+        .filter_map(|le| Some((le.parse::<f64>().ok()?, delta(&format!("{name}_bucket{{le=\"{le}\"}}")))))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let bound = buckets.iter().find(|(_, n)| *n >= q * count).map_or(f64::INFINITY, |(le, _)| le * 1e3);
+    (count as u64, mean, bound)
+}

@@ -579,6 +579,22 @@ async fn operations_endpoints_and_shutdown() {
     ] {
         assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
     }
+    // Every committed group was observed: as many apply and write timings as groups, and
+    // the groups carried at least every appended entry.
+    let value = |series: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{series} "))).expect(series);
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    let groups = value("tally_group_entries_count");
+    assert!(groups >= 1.0);
+    assert_eq!(value("tally_group_apply_seconds_count"), groups);
+    assert_eq!(value("tally_group_write_seconds_count"), groups);
+    let appended: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tally_entries_appended_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert!(value("tally_group_entries_sum") >= appended && appended >= 6.0, "{metrics}");
     let api: Value = node.get("/openapi.json").await.json().await.unwrap();
     assert_eq!(api["openapi"], "3.1.0");
     for path in [

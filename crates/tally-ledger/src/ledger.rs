@@ -48,6 +48,22 @@ const TILE_LEVELS: u8 = 8;
 /// A clock returning unix milliseconds.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// What the sequencer did for one committed group: the node's metrics record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Append calls and entries in the group.
+    pub requests: usize,
+    pub entries: usize,
+    /// Dedup lookups, settlement and building the write batch.
+    pub apply: std::time::Duration,
+    /// The synced RocksDB write (write-ahead log, fsync, memtables); zero when nothing was
+    /// appended.
+    pub write: std::time::Duration,
+}
+
+/// Called by the sequencer thread after each group it committed; must be quick.
+pub type GroupObserver = Arc<dyn Fn(&GroupStats) + Send + Sync>;
+
 /// The system clock.
 pub fn system_clock() -> Clock {
     Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
@@ -64,6 +80,8 @@ pub struct LedgerConfig {
     /// ledger never reaches a failed write (and RocksDB keeps room to flush and compact).
     pub min_free_bytes: u64,
     pub clock: Clock,
+    /// Told about every committed group (timings for metrics).
+    pub on_group: Option<GroupObserver>,
 }
 
 /// Default for [`LedgerConfig::min_free_bytes`].
@@ -75,6 +93,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("signing_key", &self.signing_key)
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .field("min_free_bytes", &self.min_free_bytes)
+            .field("on_group", &self.on_group.is_some())
             .finish()
     }
 }
@@ -86,6 +105,7 @@ impl LedgerConfig {
             checkpoint_interval_ms: 1000,
             min_free_bytes: MIN_FREE_BYTES_DEFAULT,
             clock: system_clock(),
+            on_group: None,
         }
     }
 }
@@ -219,6 +239,7 @@ impl Ledger {
             dir: dir.to_path_buf(),
             min_free_bytes: config.min_free_bytes,
             clock: config.clock,
+            on_group: config.on_group,
         };
         // Entries committed after the last checkpoint (a crash between the two writes) get
         // a checkpoint now, checked for consistency with the last one like any other.
@@ -419,6 +440,7 @@ struct Sequencer {
     dir: std::path::PathBuf,
     min_free_bytes: u64,
     clock: Clock,
+    on_group: Option<GroupObserver>,
 }
 
 /// What one group will write, built before anything is committed.
@@ -514,6 +536,7 @@ impl Sequencer {
             }
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let entries: usize = appends.iter().map(|(batch, _)| batch.len()).sum();
         let bytes: usize = appends.iter().flat_map(|(batch, _)| batch).map(|e| e.as_bytes().len()).sum();
         let mut group = Group {
@@ -573,6 +596,7 @@ impl Sequencer {
                 None => self.store.batch_delete(&mut group.batch, state_cf(&key), &key),
             }
         }
+        let applied = std::time::Instant::now();
         let result = match failed {
             Some(e) => Err(e),
             // Only duplicates and rejections: nothing to make durable.
@@ -581,6 +605,15 @@ impl Sequencer {
         };
         match result {
             Ok(()) => {
+                if let Some(observe) = &self.on_group {
+                    let written = std::time::Instant::now();
+                    observe(&GroupStats {
+                        requests: appends.len(),
+                        entries,
+                        apply: applied - started,
+                        write: written - applied,
+                    });
+                }
                 self.frontier = group.frontier;
                 self.last_time_ms = group.time_ms;
                 if self.genesis.is_none() && group.genesis.is_some() {

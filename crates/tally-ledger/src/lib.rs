@@ -11,8 +11,8 @@ mod store;
 
 pub use error::LedgerError;
 pub use ledger::{
-    Clock, ENTRIES_PER_APPEND_MAX, GROUP_ENTRIES_MAX, GenesisInfo, Ledger, LedgerConfig, MIN_FREE_BYTES_DEFAULT,
-    Outcome, Position, QUEUE_REQUESTS_MAX, system_clock,
+    Clock, ENTRIES_PER_APPEND_MAX, GROUP_ENTRIES_MAX, GenesisInfo, GroupObserver, GroupStats, Ledger, LedgerConfig,
+    MIN_FREE_BYTES_DEFAULT, Outcome, Position, QUEUE_REQUESTS_MAX, system_clock,
 };
 pub use store::Store;
 pub use tally_settlement::Rejection;

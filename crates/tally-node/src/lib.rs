@@ -41,7 +41,7 @@ pub const OPENAPI: &str = include_str!("../../../specs/openapi.json");
 pub struct AppState {
     pub ledger: Ledger,
     pub config: NodeConfig,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     pub nonces: auth::ReplayCache,
     /// Where submissions' signatures are checked.
     pub verifier: verify::VerifyPool,
@@ -212,6 +212,9 @@ impl Node {
         }
         ledger_config.checkpoint_interval_ms = config.checkpoint_interval_ms;
         ledger_config.min_free_bytes = config.min_free_bytes;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let observer = metrics.clone();
+        ledger_config.on_group = Some(Arc::new(move |group| observer.observe_group(group)));
         std::fs::create_dir_all(&config.data).map_err(|e| config::ConfigError::Invalid {
             field: "data",
             reason: format!("{}: {e}", config.data.display()),
@@ -224,7 +227,7 @@ impl Node {
         let state = Arc::new(AppState {
             ledger,
             config,
-            metrics: metrics::Metrics::default(),
+            metrics,
             nonces: auth::ReplayCache::default(),
             verifier: verify::VerifyPool::per_core().map_err(StartError::Threads)?,
         });
