@@ -166,3 +166,46 @@ fn audit_catches_a_divergent_state_root() {
     assert_eq!(first_bad(&report), Some(cp.size));
     assert!(report.divergence.unwrap().what.contains("state root"));
 }
+
+/// Replays longer than one chunk: verification of a chunk runs while the previous one is
+/// applied. An honest ledger of three chunks passes, and an entry whose signature does not
+/// verify (logged with a leaf record made to match it, as a dishonest node would) is named
+/// at its own position, in any chunk, including the last.
+#[test]
+fn audit_pipelines_chunks_and_names_a_bad_signature_in_any_of_them() {
+    use tally_core::entry::{Entry, LeafRecord};
+    let chunk = tally_audit::CHUNK_ENTRIES;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), LedgerConfig::new(Some(collective_key()))).unwrap();
+    ledger.append_blocking(tally_tests::all_verified(tally_tests::setup(2))).unwrap();
+    let mut rng = rand::thread_rng();
+    let receipts: Vec<Entry> =
+        (0..2 * chunk + 500).map(|i| tally_tests::random_receipt(i as u8 % 2 + 1, &mut rng)).collect();
+    for batch in receipts.chunks(4096) {
+        ledger.append_blocking(tally_tests::all_verified(batch.to_vec())).unwrap();
+    }
+    ledger.checkpoint_blocking().unwrap();
+    let size = ledger.size();
+    let honest = Export {
+        records: ledger.store().export(0, size, usize::MAX).unwrap(),
+        notes: ledger.store().checkpoints(0, usize::MAX).unwrap().into_iter().map(|(_, n)| n).collect(),
+        tiles: Vec::new(),
+    };
+    let report = audit(&honest);
+    assert!(report.ok, "{}", report.summary());
+    assert_eq!(report.entries, size);
+    for k in [chunk as u64 / 2, chunk as u64 + 7, size - 3] {
+        let mut e = honest.clone();
+        let (leaf, entry) = &mut e.records[k as usize];
+        // Flip a bit of the signature (bytes 33..97, after the kind and the author key),
+        // then make the leaf record describe the changed entry so that only the signature
+        // is wrong.
+        entry[40] ^= 1;
+        let forged = Entry::decode(entry).expect("still canonical");
+        let time = LeafRecord::decode(leaf).unwrap().time_ms;
+        *leaf = LeafRecord::for_entry(&forged, k, time).encode().to_vec();
+        let report = audit(&e);
+        assert_eq!(first_bad(&report), Some(k), "bad signature at {k}: {}", report.summary());
+        assert!(report.summary().contains("signature"), "{}", report.summary());
+    }
+}

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tally_core::Hash;
 use tally_core::checkpoint::open_checkpoint;
-use tally_core::entry::{Entry, LeafRecord, VerifiedEntry, verify_all};
+use tally_core::entry::{Entry, EntryError, LeafRecord, VerifiedEntry, verify_all};
 use tally_core::merkle::Frontier;
 use tally_core::sig::PublicKey;
 use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, TilePath, parse_entry_bundle};
@@ -108,8 +108,41 @@ pub struct Auditor {
     /// Tiles and bundles as served, checked against the rebuilt tree at the end.
     served: Vec<(String, Vec<u8>)>,
     pending: Vec<(LeafRecord, Vec<u8>, Entry)>,
+    /// The chunk before `pending`, its signatures being verified on other threads while
+    /// the one before it is applied.
+    in_flight: Option<InFlight>,
     engine: Engine<MemoryStore>,
     divergence: Option<Divergence>,
+}
+
+/// A chunk of records whose entries are being verified on other threads.
+struct InFlight {
+    records: Vec<(LeafRecord, Vec<u8>)>,
+    verdicts: std::thread::JoinHandle<Vec<Result<VerifiedEntry, EntryError>>>,
+}
+
+impl InFlight {
+    /// Start verifying `pending` on every core (at most eight threads), in the background.
+    fn start(pending: Vec<(LeafRecord, Vec<u8>, Entry)>) -> Self {
+        let (records, entries): (Vec<(LeafRecord, Vec<u8>)>, Vec<Entry>) =
+            pending.into_iter().map(|(r, l, e)| ((r, l), e)).unzip();
+        let verdicts = std::thread::spawn(move || {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+            let per = entries.len().div_ceil(threads).max(1);
+            let mut parts: Vec<Vec<Entry>> = Vec::new();
+            let mut rest = entries;
+            while !rest.is_empty() {
+                let tail = rest.split_off(per.min(rest.len()));
+                parts.push(rest);
+                rest = tail;
+            }
+            std::thread::scope(|s| {
+                let handles: Vec<_> = parts.into_iter().map(|c| s.spawn(move || verify_all(c))).collect();
+                handles.into_iter().flat_map(|h| h.join().expect("verification thread")).collect()
+            })
+        });
+        Self { records, verdicts }
+    }
 }
 
 impl std::fmt::Debug for Auditor {
@@ -159,6 +192,7 @@ impl Auditor {
             tile_hashes: HashMap::new(),
             leaves: Vec::new(),
             pending: Vec::with_capacity(CHUNK_ENTRIES),
+            in_flight: None,
             engine: Engine::open(MemoryStore::default()).expect("memory state cannot fail"),
             divergence,
         }
@@ -183,7 +217,8 @@ impl Auditor {
         if self.divergence.is_some() {
             return false;
         }
-        let seq = self.frontier.size() + self.pending.len() as u64;
+        let verifying = self.in_flight.as_ref().map_or(0, |f| f.records.len());
+        let seq = self.frontier.size() + (verifying + self.pending.len()) as u64;
         let record = match LeafRecord::decode(leaf) {
             Ok(r) => r,
             Err(e) => {
@@ -223,28 +258,30 @@ impl Auditor {
         self.divergence.is_none()
     }
 
-    /// Verify the pending chunk on every core, then apply it in order.
+    /// Start verifying the pending chunk in the background, then apply the chunk verified
+    /// before it, in order: settlement of one chunk overlaps verification of the next, so
+    /// replay runs at the speed of the slower of the two rather than of both added up. A
+    /// bad signature is therefore reported one chunk after it was fed, and always by
+    /// [`Auditor::finish`].
     fn flush(&mut self) {
         let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() || self.divergence.is_some() {
+        if self.divergence.is_some() {
             return;
         }
-        let (meta, entries): (Vec<(LeafRecord, Vec<u8>)>, Vec<Entry>) =
-            pending.into_iter().map(|(r, l, e)| ((r, l), e)).unzip();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-        let per = entries.len().div_ceil(threads);
-        let mut chunks: Vec<Vec<Entry>> = Vec::new();
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let tail = rest.split_off(per.min(rest.len()));
-            chunks.push(rest);
-            rest = tail;
+        let next = (!pending.is_empty()).then(|| InFlight::start(pending));
+        if let Some(done) = std::mem::replace(&mut self.in_flight, next) {
+            self.apply_chunk(done);
         }
-        let verdicts: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunks.into_iter().map(|c| s.spawn(move || verify_all(c))).collect();
-            handles.into_iter().flat_map(|h| h.join().expect("verification thread")).collect()
-        });
-        for ((record, leaf), verdict) in meta.into_iter().zip(verdicts) {
+    }
+
+    /// Apply every record of a verified chunk in order, stopping at the first divergence.
+    fn apply_chunk(&mut self, chunk: InFlight) {
+        let Ok(verdicts) = chunk.verdicts.join() else {
+            let seq = chunk.records.first().map(|(r, _)| r.seq);
+            self.divergence = Some(fail(seq, "signature verification stopped (a verifier thread panicked)"));
+            return;
+        };
+        for ((record, leaf), verdict) in chunk.records.into_iter().zip(verdicts) {
             let seq = record.seq;
             let verified = match verdict {
                 Ok(v) => v,
@@ -329,6 +366,11 @@ impl Auditor {
     /// rebuilt tree, and report.
     pub fn finish(mut self) -> Report {
         self.flush();
+        if let Some(last) = self.in_flight.take()
+            && self.divergence.is_none()
+        {
+            self.apply_chunk(last);
+        }
         let size = self.frontier.size();
         if self.divergence.is_none()
             && let Some((&cp, _)) = self.checkpoints.iter().next()
