@@ -179,6 +179,16 @@ impl Store {
                 cf.set_memtable_whole_key_filtering(true);
                 cf.set_memtable_prefix_bloom_ratio(0.05);
             }
+            if [CF_DEDUP, CF_LEAF_INDEX, CF_PARTIES].contains(name) {
+                // Keys in hash (or participant) order: every memtable flush spans the whole
+                // key range. With the defaults (one 256 MiB base level, 64 MiB files) the base
+                // level was the last one until it held 2.5 GiB, so each level-0 compaction
+                // rewrote all of it: the cost of a write grew with the ledger, which the soak
+                // showed as creeping latency. Small files and a small base level make
+                // levels appear early and each compaction rewrite one narrow key range.
+                cf.set_target_file_size_base(8 << 20);
+                cf.set_max_bytes_for_level_base(64 << 20);
+            }
             if *name == CF_ENTRIES || *name == CF_LEAVES {
                 // Written once and read in ranges (export, bundles): 16 KiB blocks let zstd
                 // find the structure entries share (contract ids, URL prefixes, lab keys),
