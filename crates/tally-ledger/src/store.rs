@@ -120,6 +120,50 @@ fn be_u64(bytes: &[u8], what: &str) -> Result<u64, LedgerError> {
     Ok(u64::from_be_bytes(arr))
 }
 
+/// RocksDB's log format, used by the MANIFEST: 32 KiB blocks of records, each behind a
+/// 7-byte header (masked CRC-32C: 4 bytes, payload length: 2 bytes little-endian, type: 1).
+const LOG_BLOCK_BYTES: usize = 32 * 1024;
+const LOG_HEADER_BYTES: usize = 7;
+/// Record types of a recycled log file, which RocksDB never writes to a MANIFEST.
+const LOG_RECYCLABLE_TYPES: std::ops::RangeInclusive<u8> = 5..=8;
+
+/// Refuse a MANIFEST holding a record of a recyclable type: one flipped bit turns a full
+/// record (type 1) into one (type 5), and RocksDB 10.4's `DB::Open` then loops forever
+/// reading it (the corruption test found this; `tests/fixtures/manifest-record-type-flip`).
+/// Only record headers are read; everything else, including checksums, RocksDB checks
+/// itself. A directory without a `CURRENT` file is new and has nothing to check.
+fn check_manifest(dir: &Path) -> Result<(), LedgerError> {
+    let Ok(current) = std::fs::read_to_string(dir.join("CURRENT")) else { return Ok(()) };
+    let name = current.trim_end_matches('\n');
+    if !name.starts_with("MANIFEST-") || name.contains('/') {
+        return Err(LedgerError::Corrupted(format!("CURRENT names {name:?}, not a MANIFEST")));
+    }
+    // A missing MANIFEST is RocksDB's to report.
+    let Ok(bytes) = std::fs::read(dir.join(name)) else { return Ok(()) };
+    let mut at = 0;
+    while at + LOG_HEADER_BYTES <= bytes.len() {
+        let left_in_block = LOG_BLOCK_BYTES - at % LOG_BLOCK_BYTES;
+        if left_in_block < LOG_HEADER_BYTES {
+            // The writer pads a block's last few bytes with zeros.
+            at += left_in_block;
+            continue;
+        }
+        let length = usize::from(u16::from_le_bytes([bytes[at + 4], bytes[at + 5]]));
+        let kind = bytes[at + 6];
+        if LOG_RECYCLABLE_TYPES.contains(&kind) {
+            return Err(LedgerError::Corrupted(format!(
+                "{name}: the record at byte {at} has type {kind}, which is never written to a MANIFEST"
+            )));
+        }
+        if kind == 0 && length == 0 {
+            // Zeros from preallocation: RocksDB skips them; nothing further is a record.
+            break;
+        }
+        at += LOG_HEADER_BYTES + length;
+    }
+    Ok(())
+}
+
 /// The RocksDB database and typed reads over it. Cheap to clone; safe to share.
 #[derive(Clone)]
 pub struct Store {
@@ -135,6 +179,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Open (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        check_manifest(dir)?;
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
