@@ -46,14 +46,23 @@ impl VerifyPool {
         self.threads
     }
 
-    /// Run `f` on the pool after every job queued before it has started; its result.
-    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolClosed> {
+    /// Queue `f` now, behind every job queued before it; the future is its result. The
+    /// job is queued by this call, not when the future is first polled, so the parts of one
+    /// submission queued one after another run side by side.
+    pub fn run<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T, PoolClosed>> + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = reply.send(f());
         });
-        self.tx.lock().map_err(|_| PoolClosed)?.send(job).map_err(|_| PoolClosed)?;
-        answer.await.map_err(|_| PoolClosed)
+        let queued = self.tx.lock().map_err(|_| PoolClosed).and_then(|tx| tx.send(job).map_err(|_| PoolClosed));
+        async move {
+            queued?;
+            answer.await.map_err(|_| PoolClosed)
+        }
     }
 }
 
@@ -86,6 +95,19 @@ mod tests {
             got.push(a.await.expect("answer"));
         }
         assert_eq!(got, (0..50u64).map(|i| i * i).collect::<Vec<_>>());
+    }
+
+    /// Two jobs queued before either is awaited run at the same time: the first waits for a
+    /// message only the second sends. (Were a job queued only when its future is first
+    /// polled, the first would wait out its timeout alone.)
+    #[tokio::test]
+    async fn jobs_are_queued_when_run_is_called() {
+        let pool = VerifyPool::new(2).expect("pool");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let first = pool.run(move || rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+        let second = pool.run(move || tx.send(()).is_ok());
+        assert!(first.await.expect("first"), "the second job ran while the first was waiting");
+        assert!(second.await.expect("second"));
     }
 
     #[tokio::test]
