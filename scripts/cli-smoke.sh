@@ -36,8 +36,12 @@ contract="$("$tally" contract --key collective.key --terms terms.json | sed -n '
 "$tally" deposit --key collective.key --to 1 --amount 10 --reference smoke-1
 "$tally" submit --key lab.key --lab 1 --contract "$contract" --usage ai-input https://press.example/a https://press.example/b https://other.example/c | tee submit.out
 grep -q "charged 0.020000" submit.out
-"$tally" quote --key lab.key --lab 1 --contract "$contract" --url https://press.example/z --usage ai-train | grep -q '"amount": "0.020000"'
-"$tally" statement --key publisher.key --party 10 --period 0 | grep -q '"total": "0.036000"'
+# Outputs go to files before grep -q reads them: grep -q exits at its first match, and a
+# tally still writing into the closed pipe would fail with a broken pipe.
+"$tally" quote --key lab.key --lab 1 --contract "$contract" --url https://press.example/z --usage ai-train >quote.out
+grep -q '"amount": "0.020000"' quote.out
+"$tally" statement --key publisher.key --party 10 --period 0 >statement.out
+grep -q '"total": "0.036000"' statement.out
 "$tally" close-period --key collective.key --period 0 --payout-min 0.01
 "$tally" payout --key collective.key --period 0 --to 10 --confirm ach-smoke
 sleep 1.2 # let the idle node sign a checkpoint over the last entries
@@ -45,7 +49,8 @@ key_hex="$(curl -s "$TALLY_NODE/v1/info" | python3 -c 'import json,sys; print(js
 "$tally" verify --key publisher.key --party 10 --period 0 --pin "$key_hex" --origin "$origin" --state verify-state
 "$tally" export --key auditor.key --out export
 "$tally" audit --dir export --pin "$key_hex" --origin "$origin"
-"$tally" --json audit --key auditor.key --pin "$key_hex" --origin "$origin" | grep -q '"ok": true'
+"$tally" --json audit --key auditor.key --pin "$key_hex" --origin "$origin" >audit.json
+grep -q '"ok": true' audit.json
 # The wrong pinned key must fail the audit with exit status 2.
 set +e
 "$tally" audit --dir export --pin "$(sed -n 1p <<<"$pin")" --origin "$origin" >/dev/null
