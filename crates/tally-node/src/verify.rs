@@ -16,7 +16,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// A fixed set of threads running jobs first come, first served.
 #[derive(Debug)]
 pub struct VerifyPool {
-    tx: Mutex<Sender<Job>>,
+    tx: Sender<Job>,
     threads: usize,
 }
 
@@ -34,7 +34,7 @@ impl VerifyPool {
             let rx = rx.clone();
             std::thread::Builder::new().name("tally-verify".into()).spawn(move || worker(&rx))?;
         }
-        Ok(Self { tx: Mutex::new(tx), threads })
+        Ok(Self { tx, threads })
     }
 
     /// One thread per core the process may use.
@@ -58,7 +58,7 @@ impl VerifyPool {
         let job: Job = Box::new(move || {
             let _ = reply.send(f());
         });
-        let queued = self.tx.lock().map_err(|_| PoolClosed).and_then(|tx| tx.send(job).map_err(|_| PoolClosed));
+        let queued = self.tx.send(job).map_err(|_| PoolClosed);
         async move {
             queued?;
             answer.await.map_err(|_| PoolClosed)
