@@ -159,9 +159,58 @@ fn check_manifest(dir: &Path) -> Result<(), LedgerError> {
             // Zeros from preallocation: RocksDB skips them; nothing further is a record.
             break;
         }
-        at += LOG_HEADER_BYTES + length;
+        let end = at + LOG_HEADER_BYTES + length;
+        if end > bytes.len() && at + left_in_block > bytes.len() {
+            // Past the end of the file, in its last block: RocksDB takes this for a record
+            // torn by a crash and ignores it and everything after it. That is right for a
+            // torn write, but a flipped bit in the length makes a whole record look like one,
+            // and the flushes and compactions recorded after it are silently forgotten (an
+            // index lost entries that way). A torn record has no shorter length that its
+            // checksum matches; a damaged length does.
+            if let Some(actual) = checksummed_length(&bytes, at) {
+                return Err(LedgerError::Corrupted(format!(
+                    "{name}: the record at byte {at} claims {length} bytes, past the end of the file, but its \
+                     checksum matches {actual}: its length is damaged, and every record after it would be lost"
+                )));
+            }
+            break;
+        }
+        at = end;
     }
     Ok(())
+}
+
+/// RocksDB's masked CRC-32C of a log record (type byte, then payload), as in its header.
+fn log_record_crc(kind: u8, payload: &[u8]) -> u32 {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload);
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// The payload length, if any, at which the log record whose header is at `at` checks out
+/// and is followed by the end of the file or by another record that checks out. Each byte
+/// is hashed once: the CRC is extended through the rest of the file, tried at every length.
+fn checksummed_length(bytes: &[u8], at: usize) -> Option<usize> {
+    let valid_at = |at: usize| -> bool {
+        let Some(header) = bytes.get(at..at + LOG_HEADER_BYTES) else { return false };
+        let length = usize::from(u16::from_le_bytes([header[4], header[5]]));
+        let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let start = at + LOG_HEADER_BYTES;
+        bytes.get(start..start + length).is_some_and(|payload| log_record_crc(header[6], payload) == stored)
+    };
+    let stored = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let start = at + LOG_HEADER_BYTES;
+    let block_end = (at / LOG_BLOCK_BYTES + 1) * LOG_BLOCK_BYTES;
+    let mut crc = crc32c::crc32c(&[bytes[at + 6]]);
+    for length in 0..=(bytes.len().min(block_end) - start) {
+        if length > 0 {
+            crc = crc32c::crc32c_append(crc, &bytes[start + length - 1..start + length]);
+        }
+        let next = start + length;
+        if crc.rotate_right(15).wrapping_add(0xa282_ead8) == stored && (next == bytes.len() || valid_at(next)) {
+            return Some(length);
+        }
+    }
+    None
 }
 
 /// The RocksDB database and typed reads over it. Cheap to clone; safe to share.
@@ -602,5 +651,76 @@ mod tests {
         assert_eq!(many, vec![Some(b"pattern".to_vec()), Some(b"charge".to_vec()), None, Some(b"marker".to_vec())]);
         assert_eq!(store.scan(CHARGES_TABLE).expect("scan"), vec![(charge.to_vec(), b"charge".to_vec())]);
         assert_eq!(store.scan(CHARGES_TABLE - 1).expect("scan"), vec![(other.to_vec(), b"pattern".to_vec())]);
+    }
+
+    /// A log-format record as RocksDB writes it: masked CRC, length, type, payload.
+    fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut r = log_record_crc(kind, payload).to_le_bytes().to_vec();
+        r.extend((payload.len() as u16).to_le_bytes());
+        r.push(kind);
+        r.extend(payload);
+        r
+    }
+
+    fn manifest_dir(bytes: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("CURRENT"), "MANIFEST-000005\n").expect("write");
+        std::fs::write(dir.path().join("MANIFEST-000005"), bytes).expect("write");
+        dir
+    }
+
+    #[test]
+    fn the_record_checksum_is_rocksdbs() {
+        // CRC-32C itself, against RFC 3720's test vector (32 bytes of zeros).
+        assert_eq!(crc32c::crc32c(&[0u8; 32]), 0x8a91_36aa);
+        // Every record of a MANIFEST that RocksDB wrote checks out with ours.
+        let dir = tempfile::tempdir().expect("temp dir");
+        drop(Store::open(dir.path()).expect("open"));
+        let current = std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT");
+        let bytes = std::fs::read(dir.path().join(current.trim_end())).expect("MANIFEST");
+        let (mut at, mut records) = (0, 0);
+        while at + LOG_HEADER_BYTES <= bytes.len() {
+            let length = usize::from(u16::from_le_bytes([bytes[at + 4], bytes[at + 5]]));
+            let stored = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+            let payload = &bytes[at + LOG_HEADER_BYTES..at + LOG_HEADER_BYTES + length];
+            assert_eq!(log_record_crc(bytes[at + 6], payload), stored, "record at {at}");
+            at += LOG_HEADER_BYTES + length;
+            records += 1;
+        }
+        assert!(records >= 11, "a record per column family at least: {records}");
+    }
+
+    #[test]
+    fn a_torn_last_manifest_record_is_tolerated_but_a_damaged_length_is_refused() {
+        let mut bytes = Vec::new();
+        for n in 0..5u8 {
+            bytes.extend(record(1, &vec![n; 40 + usize::from(n) * 7]));
+        }
+        let last = record(1, &[9; 120]);
+        let last_at = bytes.len();
+        bytes.extend(&last);
+        assert!(check_manifest(manifest_dir(&bytes).path()).is_ok(), "intact");
+        // A crash mid-write leaves any prefix of the last record: RocksDB ignores it.
+        for cut in [last_at + 3, last_at + 7, last_at + 8, last_at + 60, bytes.len() - 1] {
+            assert!(check_manifest(manifest_dir(&bytes[..cut]).path()).is_ok(), "torn at {cut}");
+        }
+        // A flipped bit in a length's high byte: the record now runs past the end of the
+        // file, which RocksDB would take for a torn write, dropping everything after it.
+        for at in [0, last_at] {
+            let length_high = at + 5;
+            for bit in 2..8 {
+                let mut damaged = bytes.clone();
+                damaged[length_high] ^= 1 << bit;
+                match check_manifest(manifest_dir(&damaged).path()) {
+                    Err(LedgerError::Corrupted(why)) => {
+                        assert!(
+                            why.contains(&format!("record at byte {at}")) && why.contains("length is damaged"),
+                            "{why}"
+                        )
+                    }
+                    other => panic!("bit {bit} of the length at {at}: {other:?}"),
+                }
+            }
+        }
     }
 }
