@@ -27,10 +27,25 @@ pub struct Out {
 impl Out {
     pub fn value(&self, v: &Value, human: impl FnOnce() -> String) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
+            emit(&format!("{}\n", serde_json::to_string_pretty(v).expect("JSON values serialize")));
         } else {
-            print!("{}", human());
+            emit(&human());
         }
+    }
+}
+
+/// Write a command's output to stdout. When whoever reads it has stopped reading (`tally
+/// ... | head`, `| grep -q`), the command is done: it exits quietly with success rather
+/// than panicking as `print!` does on a closed pipe. Any other write failure is an error.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tally: cannot write the output: {e}");
+        std::process::exit(1);
     }
 }
 

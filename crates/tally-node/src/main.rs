@@ -315,7 +315,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
         }
         Command::SignRequest { key, url } => {
             for (name, value) in tally_node::auth::sign_get(&cli::key(&key)?, &url, 60)? {
-                println!("{name}: {value}");
+                cli::emit(&format!("{name}: {value}\n"));
             }
         }
         Command::Genesis { key, origin, name, asset, scale } => {
@@ -343,7 +343,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
             let (id, body) = cli::contract_body(&terms, scale().await?)?;
             cli::sign_and_submit(&client, out, &cli::key(&key)?, body).await?;
             if !out.json {
-                println!("contract id {}", hex::encode(id));
+                cli::emit(&format!("contract id {}\n", hex::encode(id)));
             }
         }
         Command::Accept { key, contract } => {
