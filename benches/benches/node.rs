@@ -6,7 +6,9 @@
 //!
 //! * the machine's ceiling: batch Ed25519 verification on every core;
 //! * sustained ingest over HTTP (receipts/s) and its ratio to the ceiling;
-//! * acknowledgement latency p50/p99/p999 at 50% of that peak, offered at a fixed rate;
+//! * acknowledgement latency p50/p99/p999 at 50% of that peak, offered at a fixed rate,
+//!   then where it went (the node's histograms) and the node's CPU per receipt in that
+//!   phase by kind of thread (verification, sequencer, HTTP, RocksDB);
 //! * the node's peak RSS;
 //! * bytes on disk per receipt, after a full compaction;
 //! * audit replay speed (tally-audit over the node's own export) and its ratio to the
@@ -15,7 +17,8 @@
 //! Run: `cargo bench -p tally-benches --bench node`. `TALLY_BENCH_RECEIPTS` sets the
 //! workload (default 200,000), `TALLY_BENCH_CONNECTIONS` (default 16) and
 //! `TALLY_BENCH_BATCH` (receipts per request, default 256) the peak load's shape, and
-//! `TALLY_BENCH_LATENCY_BATCH` (default 32) the request size of the latency run.
+//! `TALLY_BENCH_LATENCY_BATCH` (default 32) the request size of the latency run and
+//! `TALLY_BENCH_LATENCY_LOAD` (percent of the peak, default 50) its rate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +40,7 @@ fn main() {
     let connections = env("TALLY_BENCH_CONNECTIONS", 16);
     let batch = env("TALLY_BENCH_BATCH", 256);
     let latency_batch = env("TALLY_BENCH_LATENCY_BATCH", 32);
+    let load_percent = env("TALLY_BENCH_LATENCY_LOAD", 50);
     println!("tally node bench on {}", tally_benches::machine());
     println!(
         "workload: {count} pre-signed receipts from {LABS} labs; peak: {connections} connections x {batch} receipts/request; latency: {latency_batch}/request"
@@ -74,11 +78,13 @@ fn main() {
         peak / ceiling * 100.0
     );
 
-    // Latency at 50% of peak: batches offered at a fixed rate, open loop.
+    // Latency at 50% of peak (or TALLY_BENCH_LATENCY_LOAD): batches offered at a fixed
+    // rate, open loop.
     let base = format!("http://{}", node.addr);
     let before = runtime.block_on(tally_benches::scrape(&http, &base));
+    let cpu_before = tally_benches::thread_cpu(node.process.id());
     let latencies = runtime.block_on(async {
-        let rate = peak * 0.5 / latency_batch as f64;
+        let rate = peak * load_percent as f64 / 100.0 / latency_batch as f64;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = tokio::time::Instant::now();
         let mut tasks = Vec::new();
@@ -101,14 +107,15 @@ fn main() {
         out
     });
     println!(
-        "ack latency at 50% of peak ({:.0} receipts/s offered)  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} requests of {latency_batch})",
-        peak * 0.5,
+        "ack latency at {load_percent}% of peak ({:.0} receipts/s offered)  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} requests of {latency_batch})",
+        peak * load_percent as f64 / 100.0,
         tally_benches::percentile(&latencies, 0.5),
         tally_benches::percentile(&latencies, 0.99),
         tally_benches::percentile(&latencies, 0.999),
         latencies.len()
     );
     // Where that latency went, from the node's own histograms over the same requests.
+    let cpu_after = tally_benches::thread_cpu(node.process.id());
     let after = runtime.block_on(tally_benches::scrape(&http, &base));
     for (what, name) in [
         ("verification (queue + verify)", "tally_verify_seconds"),
@@ -119,6 +126,16 @@ fn main() {
         let (n, mean, p99) = tally_benches::histogram_between(&before, &after, name, 0.99);
         println!("  {what:<50} mean {mean:>6.2} ms  p99 <= {p99} ms  ({n})");
     }
+    // And the node's CPU in that phase, by kind of thread, per receipt.
+    let phase_receipts = latency_part.len() as f64;
+    let cpu: Vec<String> = cpu_after
+        .iter()
+        .map(|(kind, ns)| {
+            let used = ns.saturating_sub(cpu_before.get(kind).copied().unwrap_or(0));
+            format!("{kind} {:.1}", used as f64 / 1e3 / phase_receipts)
+        })
+        .collect();
+    println!("  node CPU per receipt (us): {}", cpu.join(", "));
     let rss = tally_benches::peak_rss(node.process.id()).unwrap_or(0);
     println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
     node.stop();

@@ -78,6 +78,32 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (nanoseconds on a core, from `/proc/<pid>/task/*/schedstat`) each kind of
+/// thread of process `pid` has used so far: the verification pool, the sequencer, the HTTP
+/// runtime, RocksDB's background jobs, and everything else. Two readings around a phase
+/// say where its CPU went.
+pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let kind = match comm.trim_end() {
+            "tally-verify" => "verification",
+            "tally-sequencer" => "sequencer",
+            c if c.starts_with("tokio") => "http",
+            c if c.starts_with("rocksdb") => "rocksdb",
+            _ => "other",
+        };
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0);
+        *out.entry(kind).or_insert(0) += ns;
+    }
+    out
+}
+
 /// Bytes of every file under `dir`.
 pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
