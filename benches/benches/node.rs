@@ -142,7 +142,9 @@ fn main() {
 
     // Bytes on disk per receipt, after compaction.
     let ledger_dir = dir.path().join("ledger");
+    let t = Instant::now();
     let ledger = tally_ledger::Ledger::open(&ledger_dir, tally_ledger::LedgerConfig::new(None)).expect("reopen");
+    println!("reopen (recovery, index and state checks)              {:>10.0} ms", t.elapsed().as_secs_f64() * 1e3);
     let size = ledger.size();
     let logged_receipts = size - setup(LABS).len() as u64;
     ledger.store().compact().expect("compact");

@@ -283,3 +283,47 @@ fn every_bit_of_every_manifest_record_header_is_detected_or_harmless() {
     eprintln!("MANIFEST headers: {} records, {detected} detected, {harmless} harmless", headers.len());
     assert!(silent.is_empty(), "{} silent:\n{}", silent.len(), silent.join("\n"));
 }
+
+/// Opening checks the `dedup` and `leaf_index` records of the end of the log against the
+/// entries: an index record lost any way (here deleted behind the ledger's back) is found
+/// on open instead of letting a receipt be appended and charged twice.
+#[test]
+fn an_index_record_lost_at_the_end_of_the_log_is_found_on_open() {
+    let Built { root, pristine, ids, reference } = build();
+    let last_receipt = *ids.last().unwrap();
+    let last_seq = reference.size - 1;
+    let column_families = |dir: &Path| rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    for (cf, key) in [("dedup", last_receipt.to_vec()), ("leaf_index", Vec::new())] {
+        let dir = root.path().join(format!("lost-{cf}"));
+        copy_dir(&pristine, &dir);
+        {
+            let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &dir, column_families(&dir)).unwrap();
+            let handle = db.cf_handle(cf).unwrap();
+            let key = if key.is_empty() {
+                // The leaf index key of the last entry: its leaf hash's first 8 bytes, then
+                // its sequence number.
+                let (k, _) = db
+                    .iterator_cf(handle, rocksdb::IteratorMode::Start)
+                    .map(Result::unwrap)
+                    .find(|(k, _)| k[8..] == last_seq.to_be_bytes())
+                    .expect("the last entry is indexed");
+                k.to_vec()
+            } else {
+                key
+            };
+            assert!(db.get_cf(handle, &key).unwrap().is_some(), "{cf}: the record to lose exists");
+            db.delete_cf(handle, &key).unwrap();
+        }
+        match Ledger::open(&dir, LedgerConfig::new(None)) {
+            Err(LedgerError::Corrupted(why)) => {
+                let index = if cf == "dedup" { "dedup index" } else { "leaf index" };
+                assert!(why.contains(index) && why.contains(&last_seq.to_string()), "{cf}: {why}");
+            }
+            other => panic!("{cf}: a lost index record was not found on open: {other:?}"),
+        }
+    }
+    // The intact copy opens.
+    let dir = root.path().join("intact");
+    copy_dir(&pristine, &dir);
+    assert_eq!(serve(&dir, &ids).unwrap(), reference);
+}

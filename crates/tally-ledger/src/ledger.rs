@@ -41,6 +41,9 @@ pub const QUEUE_REQUESTS_MAX: usize = 1024;
 /// record, tree nodes, indexes, settlement writes), with headroom: sizes the batch up front.
 const BATCH_BYTES_PER_ENTRY: usize = 512;
 const _: () = assert!(ENTRIES_PER_APPEND_MAX <= GROUP_ENTRIES_MAX);
+/// Entries at the end of the log whose index records (`dedup`, `leaf_index`) are checked
+/// against the entries themselves on open.
+pub const INDEX_CHECK_ENTRIES: u64 = 65_536;
 /// Tile levels that can exist: level 7 holds hashes at height 56; a tree of at most 2^63
 /// leaves has no level 8.
 const TILE_LEVELS: u8 = 8;
@@ -197,6 +200,7 @@ impl Ledger {
     pub fn open(dir: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
         let store = Store::open(dir)?;
         let recovered = recover(&store)?;
+        check_indexes(&store, recovered.frontier.size())?;
         let engine = Engine::open(store.clone()).map_err(|e| corrupted(format!("settlement state: {e}")))?;
         if engine.applied() != recovered.frontier.size() {
             return Err(corrupted(format!(
@@ -425,6 +429,52 @@ fn recover(store: &Store) -> Result<Recovered, LedgerError> {
         checkpoint = Some((cp_size, note, cp.root));
     }
     Ok(Recovered { frontier, last_time_ms, genesis, checkpoint })
+}
+
+/// Check the `dedup` and `leaf_index` records of the last [`INDEX_CHECK_ENTRIES`] entries
+/// against the entries and leaf records themselves. Nothing else on open reads these
+/// indexes, and a damaged MANIFEST once made RocksDB silently forget a flush of an index
+/// (see `check_manifest`); a lost `dedup` record would let a receipt be appended, and
+/// charged, twice. Recent flushes are the ones at the end of the MANIFEST, so the end of
+/// the log is where such a loss shows. `parties` is not checked: who an entry concerned
+/// depends on the participants' keys at the time, which may since have been rotated.
+fn check_indexes(store: &Store, size: u64) -> Result<(), LedgerError> {
+    const CHUNK: u64 = 4096;
+    let mut from = size.saturating_sub(INDEX_CHECK_ENTRIES);
+    while from < size {
+        let end = (from + CHUNK).min(size);
+        let pairs = store.export(from, end, usize::MAX)?;
+        let mut ids = Vec::with_capacity(pairs.len());
+        let mut leaf_keys = Vec::with_capacity(pairs.len());
+        for (seq, (leaf, entry)) in (from..).zip(&pairs) {
+            let entry = Entry::decode(entry).map_err(|e| corrupted(format!("entry {seq}: {e}")))?;
+            let leaf = LeafRecord::decode(leaf).map_err(|e| corrupted(format!("leaf {seq}: {e}")))?;
+            ids.push(entry.dedup_id());
+            leaf_keys.push(leaf_index_key(&leaf.leaf_hash(), seq));
+        }
+        for ((seq, found), id) in (from..).zip(store.dedup_many(&ids)?).zip(&ids) {
+            // An entry's idempotency key points at it: a second one with the same key is
+            // answered as a duplicate, never appended.
+            if found != Some(seq) {
+                return Err(corrupted(format!(
+                    "the dedup index has {found:?} for entry {seq} (id {}): the index has lost records",
+                    hex_prefix(id)
+                )));
+            }
+        }
+        if let Some(missing) = store.leaf_index_present(&leaf_keys)?.iter().position(|present| !present) {
+            return Err(corrupted(format!(
+                "the leaf index has no record for entry {}: the index has lost records",
+                from + missing as u64
+            )));
+        }
+        from = end;
+    }
+    Ok(())
+}
+
+fn hex_prefix(hash: &Hash) -> String {
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Sequencer {

@@ -467,6 +467,15 @@ impl Store {
             .collect()
     }
 
+    /// Whether each `leaf_index` key is present (the index stores no value).
+    pub(crate) fn leaf_index_present(&self, keys: &[[u8; 16]]) -> Result<Vec<bool>, LedgerError> {
+        self.db
+            .batched_multi_get_cf(self.cf(CF_LEAF_INDEX), keys, false)
+            .into_iter()
+            .map(|r| Ok(r?.is_some()))
+            .collect()
+    }
+
     /// The sequence number an entry with this idempotency key (`Entry::dedup_id`) was
     /// first appended at.
     pub fn dedup(&self, receipt_id: &Hash) -> Result<Option<u64>, LedgerError> {
