@@ -50,6 +50,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = tally_benches::ChildNode::spawn(dir.path());
     let url = format!("http://{}/v1/entries", node.addr);
+    let base = format!("http://{}", node.addr);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
     runtime.block_on(async {
@@ -143,14 +144,24 @@ fn main() {
             }
             latencies.sort();
             let rss = tally_benches::rss(pid).unwrap_or(0);
+            // What of the RSS is RocksDB's bounded caches (memtables, block cache), from
+            // the node's own gauges.
+            let metrics = tally_benches::scrape(&http, &base).await;
+            let store = |part: &str| {
+                metrics.get(&format!("tally_store_memory_bytes{{part=\"{part}\"}}")).copied().unwrap_or(0.0)
+                    / (1 << 20) as f64
+            };
             let span = (end - (start + Duration::from_secs(minute as u64 * 60))).as_secs_f64();
             println!(
-                "minute {:>3}: {:>6.0} receipts/s acknowledged ({shed} requests shed)   p50 {:>6.2} ms   p99 {:>6.2} ms   node RSS {:>6.1} MiB",
+                "minute {:>3}: {:>6.0} receipts/s acknowledged ({shed} requests shed)   p50 {:>6.2} ms   p99 {:>6.2} ms   node RSS {:>6.1} MiB (memtables {:.1}, block cache {:.1}, table readers {:.1})",
                 minute + 1,
                 latencies.len() as f64 * batch as f64 / span,
                 tally_benches::percentile(&latencies, 0.5),
                 tally_benches::percentile(&latencies, 0.99),
-                rss as f64 / (1 << 20) as f64
+                rss as f64 / (1 << 20) as f64,
+                store("memtables"),
+                store("block_cache"),
+                store("table_readers"),
             );
             report.push(Minute { offered, shed, latencies, rss });
         }

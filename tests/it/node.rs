@@ -595,6 +595,13 @@ async fn operations_endpoints_and_shutdown() {
         .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
         .sum();
     assert!(value("tally_group_entries_sum") >= appended && appended >= 6.0, "{metrics}");
+    // What RocksDB holds in memory: the entries just appended are in a memtable, and no
+    // part exceeds its bound.
+    let memtables = value("tally_store_memory_bytes{part=\"memtables\"}");
+    assert!(memtables > 0.0 && memtables <= tally_ledger::MEMTABLES_BYTES_MAX as f64, "{metrics}");
+    let cache = value("tally_store_memory_bytes{part=\"block_cache\"}");
+    assert!(cache <= tally_ledger::BLOCK_CACHE_BYTES as f64, "{metrics}");
+    assert!(value("tally_store_memory_bytes{part=\"table_readers\"}") >= 0.0);
     let api: Value = node.get("/openapi.json").await.json().await.unwrap();
     assert_eq!(api["openapi"], "3.1.0");
     for path in [

@@ -213,6 +213,19 @@ fn checksummed_length(bytes: &[u8], at: usize) -> Option<usize> {
     None
 }
 
+/// Bytes RocksDB holds in memory, by what holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Active and immutable memtables of every column family, bounded by
+    /// [`MEMTABLES_BYTES_MAX`].
+    pub memtables: u64,
+    /// The shared block cache, bounded by [`BLOCK_CACHE_BYTES`] (index and filter blocks
+    /// are charged to it too).
+    pub block_cache: u64,
+    /// Table readers outside the block cache (pinned top-level indexes and filters).
+    pub table_readers: u64,
+}
+
 /// The RocksDB database and typed reads over it. Cheap to clone; safe to share.
 #[derive(Clone)]
 pub struct Store {
@@ -579,6 +592,23 @@ impl Store {
             None => Ok(None),
             Some(size) => Ok(self.checkpoint_at(size)?.map(|note| (size, note))),
         }
+    }
+
+    /// What RocksDB holds in memory now; every part is bounded (see `specs/storage.md`).
+    pub fn memory(&self) -> Result<StoreMemory, LedgerError> {
+        let sum = |property: &str| -> Result<u64, LedgerError> {
+            let mut total = 0;
+            for name in COLUMN_FAMILIES {
+                total += self.db.property_int_value_cf(self.cf(name), property)?.unwrap_or(0);
+            }
+            Ok(total)
+        };
+        Ok(StoreMemory {
+            memtables: sum("rocksdb.cur-size-all-mem-tables")?,
+            // One cache for every family: its usage is read once.
+            block_cache: self.db.property_int_value("rocksdb.block-cache-usage")?.unwrap_or(0),
+            table_readers: sum("rocksdb.estimate-table-readers-mem")?,
+        })
     }
 
     /// Flush memtables and compact everything; used before measuring size on disk.

@@ -870,8 +870,9 @@ pub async fn readyz(State(state): Shared) -> Result<&'static str, Problem> {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): Shared) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(state.ledger.size()))
-        .into_response()
+    let memory = state.ledger.store().memory().ok();
+    let text = state.metrics.render(state.ledger.size(), memory.as_ref());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// `GET /openapi.json`.

@@ -125,14 +125,26 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The exposition text; `size` is the ledger's committed size.
-    pub fn render(&self, size: u64) -> String {
+    /// The exposition text; `size` is the ledger's committed size and `memory` what
+    /// RocksDB holds in memory (absent if it could not be read).
+    pub fn render(&self, size: u64, memory: Option<&tally_ledger::StoreMemory>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
             "# HELP tally_ledger_entries Entries committed to the log.\n# TYPE tally_ledger_entries gauge"
         );
         let _ = writeln!(out, "tally_ledger_entries {size}");
+        if let Some(m) = memory {
+            let _ = writeln!(
+                out,
+                "# HELP tally_store_memory_bytes Bytes RocksDB holds in memory, by part.\n# TYPE tally_store_memory_bytes gauge"
+            );
+            for (part, bytes) in
+                [("memtables", m.memtables), ("block_cache", m.block_cache), ("table_readers", m.table_readers)]
+            {
+                let _ = writeln!(out, "tally_store_memory_bytes{{part=\"{part}\"}} {bytes}");
+            }
+        }
         self.appended.render("tally_entries_appended_total", "kind", "Entries appended, by kind.", &mut out);
         let _ = writeln!(
             out,
