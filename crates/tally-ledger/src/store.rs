@@ -605,8 +605,9 @@ impl Store {
         };
         Ok(StoreMemory {
             memtables: sum("rocksdb.cur-size-all-mem-tables")?,
-            // One cache for every family: its usage is read once.
-            block_cache: self.db.property_int_value("rocksdb.block-cache-usage")?.unwrap_or(0),
+            // One cache for every family of ours, so its usage is read from one of them
+            // (the `default` family, which Tally does not use, has a cache of its own).
+            block_cache: self.db.property_int_value_cf(self.cf(CF_ENTRIES), "rocksdb.block-cache-usage")?.unwrap_or(0),
             table_readers: sum("rocksdb.estimate-table-readers-mem")?,
         })
     }
