@@ -138,7 +138,9 @@ fn main() {
     println!("  node CPU per receipt (us): {}", cpu.join(", "));
     let rss = tally_benches::peak_rss(node.process.id()).unwrap_or(0);
     println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
+    let t = Instant::now();
     node.stop();
+    println!("node shutdown (final checkpoint, memtables to tables)  {:>10.0} ms", t.elapsed().as_secs_f64() * 1e3);
 
     // Bytes on disk per receipt, after compaction.
     let ledger_dir = dir.path().join("ledger");

@@ -223,6 +223,37 @@ fn wrong_signing_key_is_refused() {
     assert!(matches!(read_only.append_blocking(vec![]), Err(LedgerError::Closed)));
 }
 
+/// A graceful shutdown leaves nothing in the write-ahead log to replay: the memtables are
+/// written to table files, so the next open starts in a moment instead of replaying up to
+/// the whole memtable budget. Dropping the ledger instead (as a crash would) leaves the log
+/// to replay, and both open to the same ledger.
+#[test]
+fn shutdown_flushes_so_the_next_open_replays_nothing() {
+    let wal_bytes = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|f| f.unwrap())
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".log"))
+            .map(|f| f.metadata().unwrap().len())
+            .sum()
+    };
+    let mut rng = rand::thread_rng();
+    let receipts: Vec<_> = (0..500).map(|_| random_receipt(1, &mut rng)).collect();
+    let (flushed, dropped) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&flushed, &dropped] {
+        let ledger = Ledger::open(dir.path(), config()).unwrap();
+        set_up(&ledger, 1);
+        ledger.append_blocking(all_verified(receipts.clone())).unwrap();
+        if std::ptr::eq(dir, &flushed) { ledger.shutdown() } else { drop(ledger) }
+    }
+    let (after_shutdown, after_drop) = (wal_bytes(flushed.path()), wal_bytes(dropped.path()));
+    assert!(after_drop > 100_000, "500 receipts are in the log of the dropped ledger: {after_drop} bytes");
+    assert!(after_shutdown < 1_000, "nothing is left to replay after a shutdown: {after_shutdown} bytes");
+    let sizes: Vec<u64> =
+        [&flushed, &dropped].iter().map(|d| Ledger::open(d.path(), LedgerConfig::new(None)).unwrap().size()).collect();
+    assert_eq!(sizes, vec![setup(1).len() as u64 + 500; 2]);
+}
+
 /// A ledger of 3,000 receipts, built once and shared by the property test below.
 fn shared_ledger() -> &'static (tempfile::TempDir, Ledger, MemoryTree) {
     static LEDGER: OnceLock<(tempfile::TempDir, Ledger, MemoryTree)> = OnceLock::new();

@@ -612,9 +612,17 @@ impl Store {
         })
     }
 
+    /// Write every column family's memtables to table files.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        for name in COLUMN_FAMILIES {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+
     /// Flush memtables and compact everything; used before measuring size on disk.
     pub fn compact(&self) -> Result<(), LedgerError> {
-        self.db.flush()?;
+        self.flush()?;
         for name in COLUMN_FAMILIES {
             self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
         }
