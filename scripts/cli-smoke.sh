@@ -5,7 +5,9 @@
 set -euo pipefail
 tally="${1:-${CARGO_TARGET_DIR:-target}/debug/tally}"
 work="$(mktemp -d)"
-trap 'kill "$node_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+# SIGTERM is a graceful shutdown (final checkpoint, memtables written to table files):
+# wait for it to finish before removing the data it is still writing.
+trap 'kill "$node_pid" 2>/dev/null || true; wait "$node_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
 export TALLY_NODE="http://127.0.0.1:$port"
 cd "$work"
