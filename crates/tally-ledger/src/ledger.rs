@@ -269,6 +269,12 @@ impl Ledger {
         self.published.genesis.read().expect("lock").clone()
     }
 
+    /// The asset's decimal places, once there is a genesis. Without copying the genesis
+    /// facts: every amount in every answer is formatted with it.
+    pub fn asset_scale(&self) -> Option<u8> {
+        self.published.genesis.read().expect("lock").as_ref().map(|g| g.asset_scale)
+    }
+
     /// Read the settlement engine at the committed state (balances, quotes, access checks,
     /// charge records). Fails with `Closed` if the sequencer stopped after a failed write.
     pub fn settlement(&self) -> Result<RwLockReadGuard<'_, Engine<Store>>, LedgerError> {

@@ -49,7 +49,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn asset_scale(&self) -> u8 {
-        self.ledger.genesis().map_or(0, |g| g.asset_scale)
+        self.ledger.asset_scale().unwrap_or(0)
     }
 
     pub fn asset_code(&self) -> String {
