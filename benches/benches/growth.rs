@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tally_core::entry::{Entry, verify_all};
+use tally_core::entry::{Entry, verify_all_on};
 use tally_ledger::{Ledger, LedgerConfig, Outcome};
 use tally_tests::{all_verified, collective_key, setup};
 
@@ -32,24 +32,9 @@ fn main() {
         // Different rounds need different nonces: the presigner is seeded per thread, so
         // offset by signing one round's worth more and keeping the tail.
         let signed: Vec<Entry> = tally_benches::presigned_receipts_seeded(n, LABS, round);
-        let verified = {
+        let verified: Vec<_> = {
             let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-            let per = signed.len().div_ceil(threads);
-            let mut chunks = Vec::new();
-            let mut rest = signed;
-            while !rest.is_empty() {
-                let tail = rest.split_off(per.min(rest.len()));
-                chunks.push(rest);
-                rest = tail;
-            }
-            std::thread::scope(|s| {
-                let handles: Vec<_> = chunks.into_iter().map(|c| s.spawn(move || verify_all(c))).collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().expect("verify"))
-                    .map(|r| r.expect("presigned receipts verify"))
-                    .collect::<Vec<_>>()
-            })
+            verify_all_on(threads, signed).into_iter().map(|r| r.expect("presigned receipts verify")).collect()
         };
         let t = Instant::now();
         std::thread::scope(|s| {

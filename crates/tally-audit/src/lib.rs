@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tally_core::Hash;
 use tally_core::checkpoint::open_checkpoint;
-use tally_core::entry::{Entry, EntryError, LeafRecord, VerifiedEntry, verify_all};
+use tally_core::entry::{Entry, EntryError, LeafRecord, VerifiedEntry, verify_all_on};
 use tally_core::merkle::Frontier;
 use tally_core::sig::PublicKey;
 use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, TilePath, parse_entry_bundle};
@@ -128,18 +128,7 @@ impl InFlight {
             pending.into_iter().map(|(r, l, e)| ((r, l), e)).unzip();
         let verdicts = std::thread::spawn(move || {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-            let per = entries.len().div_ceil(threads).max(1);
-            let mut parts: Vec<Vec<Entry>> = Vec::new();
-            let mut rest = entries;
-            while !rest.is_empty() {
-                let tail = rest.split_off(per.min(rest.len()));
-                parts.push(rest);
-                rest = tail;
-            }
-            std::thread::scope(|s| {
-                let handles: Vec<_> = parts.into_iter().map(|c| s.spawn(move || verify_all(c))).collect();
-                handles.into_iter().flat_map(|h| h.join().expect("verification thread")).collect()
-            })
+            verify_all_on(threads, entries)
         });
         Self { records, verdicts }
     }

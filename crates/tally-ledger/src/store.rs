@@ -182,7 +182,12 @@ fn check_manifest(dir: &Path) -> Result<(), LedgerError> {
 
 /// RocksDB's masked CRC-32C of a log record (type byte, then payload), as in its header.
 fn log_record_crc(kind: u8, payload: &[u8]) -> u32 {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload);
+    masked(crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload))
+}
+
+/// RocksDB's CRC mask (stored CRCs are rotated and offset, so that a CRC of data holding
+/// CRCs is not degenerate).
+fn masked(crc: u32) -> u32 {
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
@@ -206,7 +211,7 @@ fn checksummed_length(bytes: &[u8], at: usize) -> Option<usize> {
             crc = crc32c::crc32c_append(crc, &bytes[start + length - 1..start + length]);
         }
         let next = start + length;
-        if crc.rotate_right(15).wrapping_add(0xa282_ead8) == stored && (next == bytes.len() || valid_at(next)) {
+        if masked(crc) == stored && (next == bytes.len() || valid_at(next)) {
             return Some(length);
         }
     }
