@@ -64,10 +64,13 @@ fn pieces(c: &mut Criterion) {
         })
     });
     g.finish();
-    let mut g = c.benchmark_group("batch");
-    g.throughput(Throughput::Elements(64));
-    g.bench_function("verify-64", |b| b.iter(|| verify_entries(&receipts[..64])));
-    g.finish();
+    // The node's request-sized batch (32, one pool job) and the full chunk (64).
+    for n in [32, 64] {
+        let mut g = c.benchmark_group("batch");
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("verify-{n}"), |b| b.iter(|| verify_entries(&receipts[..n])));
+        g.finish();
+    }
     let mut g = c.benchmark_group("store");
     g.sample_size(20);
     g.bench_function("commit-64-synced", |b| {
