@@ -71,18 +71,27 @@ fn main() {
     let small: Arc<Vec<Vec<u8>>> = Arc::new(latency_part.chunks(latency_batch).map(body).collect());
 
     // Peak: every connection sends its next batch as soon as the last is acknowledged.
+    let peak_cpu_before = tally_benches::thread_cpu(node.process.id());
+    let peak_own_before = own_cpu_ns();
     let took = runtime.block_on(tally_benches::closed_loop(&http, &url, bodies, connections));
     let peak = peak_part.len() as f64 / took.as_secs_f64();
     println!(
         "sustained durable ingest over HTTP                     {peak:>10.0} receipts/s  = {:.0}% of the ceiling",
         peak / ceiling * 100.0
     );
+    println!(
+        "  node CPU per receipt (us): {}",
+        cpu_per_receipt(&peak_cpu_before, &tally_benches::thread_cpu(node.process.id()), peak_part.len())
+    );
+    let load_cpu = |before: u64, receipts: usize| (own_cpu_ns() - before) as f64 / 1e3 / receipts as f64;
+    println!("  load generator CPU per receipt (us): {:.1}", load_cpu(peak_own_before, peak_part.len()));
 
     // Latency at 50% of peak (or TALLY_BENCH_LATENCY_LOAD): batches offered at a fixed
     // rate, open loop.
     let base = format!("http://{}", node.addr);
     let before = runtime.block_on(tally_benches::scrape(&http, &base));
     let cpu_before = tally_benches::thread_cpu(node.process.id());
+    let own_before = own_cpu_ns();
     let latencies = runtime.block_on(async {
         let rate = peak * load_percent as f64 / 100.0 / latency_batch as f64;
         let interval = Duration::from_secs_f64(1.0 / rate);
@@ -126,16 +135,10 @@ fn main() {
         let (n, mean, p99) = tally_benches::histogram_between(&before, &after, name, 0.99);
         println!("  {what:<50} mean {mean:>6.2} ms  p99 <= {p99} ms  ({n})");
     }
-    // And the node's CPU in that phase, by kind of thread, per receipt.
-    let phase_receipts = latency_part.len() as f64;
-    let cpu: Vec<String> = cpu_after
-        .iter()
-        .map(|(kind, ns)| {
-            let used = ns.saturating_sub(cpu_before.get(kind).copied().unwrap_or(0));
-            format!("{kind} {:.1}", used as f64 / 1e3 / phase_receipts)
-        })
-        .collect();
-    println!("  node CPU per receipt (us): {}", cpu.join(", "));
+    // And the node's CPU in that phase, by kind of thread, per receipt: beside the peak's,
+    // what smaller requests at a lower rate cost.
+    println!("  node CPU per receipt (us): {}", cpu_per_receipt(&cpu_before, &cpu_after, latency_part.len()));
+    println!("  load generator CPU per receipt (us): {:.1}", load_cpu(own_before, latency_part.len()));
     let rss = tally_benches::peak_rss(node.process.id()).unwrap_or(0);
     println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
     let t = Instant::now();
@@ -168,4 +171,24 @@ fn main() {
         "audit replay (signatures, tree, settlement, checkpoints) {replay:>8.0} entries/s  = {:.0}% of the ceiling",
         replay / ceiling * 100.0
     );
+}
+
+/// CPU each kind of thread used between two [`tally_benches::thread_cpu`] readings, in
+/// microseconds per receipt of the phase, with the total.
+fn cpu_per_receipt(
+    before: &std::collections::BTreeMap<&'static str, u64>,
+    after: &std::collections::BTreeMap<&'static str, u64>,
+    receipts: usize,
+) -> String {
+    let per = |ns: u64| ns as f64 / 1e3 / receipts as f64;
+    let used: Vec<(&str, u64)> =
+        after.iter().map(|(kind, ns)| (*kind, ns.saturating_sub(before.get(kind).copied().unwrap_or(0)))).collect();
+    let total: u64 = used.iter().map(|(_, ns)| ns).sum();
+    let parts: Vec<String> = used.iter().map(|(kind, ns)| format!("{kind} {:.1}", per(*ns))).collect();
+    format!("{}; total {:.1}", parts.join(", "), per(total))
+}
+
+/// CPU this process (the load generator) has used so far, in nanoseconds.
+fn own_cpu_ns() -> u64 {
+    tally_benches::thread_cpu(std::process::id()).values().sum()
 }
