@@ -5,6 +5,7 @@
 //! read (entries, leaf records, tiles, entry bundles, proofs, checkpoints). The byte layout
 //! is in `specs/storage.md`.
 
+mod background;
 mod error;
 mod ledger;
 mod store;
