@@ -183,19 +183,35 @@ pub fn all_verified(entries: Vec<Entry>) -> Vec<VerifiedEntry> {
 }
 
 /// Replay a ledger's whole export and every checkpoint it stored through the auditor, as an
-/// outside auditor would, trusting only the origin and the collective's public key.
+/// outside auditor would, trusting only the origin and the collective's public key. The
+/// export is read a page at a time on another thread while the auditor replays the page
+/// before, as a client fetching pages over HTTP would.
 pub fn audit_ledger(ledger: &tally_ledger::Ledger, key: tally_core::sig::PublicKey) -> tally_audit::Report {
-    let store = ledger.store();
+    const PAGE_ENTRIES: usize = 8192;
+    let store = ledger.store().clone();
     let size = ledger.size();
-    let records = store.export(0, size, usize::MAX).expect("export");
     let notes: Vec<String> =
         store.checkpoints(0, usize::MAX).expect("checkpoints").into_iter().map(|(_, n)| n).collect();
     let origin = ledger.genesis().expect("a genesis").origin;
     let mut auditor = tally_audit::Auditor::new(tally_audit::Pins { origin, key }, notes, Vec::new());
-    for (leaf, entry) in &records {
-        if !auditor.push(leaf, entry) {
-            break;
+    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+    let reader = std::thread::spawn(move || {
+        let mut from = 0;
+        while from < size {
+            let page = store.export(from, size, PAGE_ENTRIES).expect("export");
+            from += page.len() as u64;
+            if tx.send(page).is_err() {
+                break; // the audit stopped early
+            }
+        }
+    });
+    'pages: for page in rx {
+        for (leaf, entry) in &page {
+            if !auditor.push(leaf, entry) {
+                break 'pages;
+            }
         }
     }
+    reader.join().expect("export reader");
     auditor.finish()
 }
