@@ -297,3 +297,24 @@ async fn slow_and_idle_connections_are_cut_off_and_do_not_starve_others() {
     );
     node.node.shutdown().await;
 }
+
+/// A connection that was accepted but has sent nothing yet used to hold up shutdown until
+/// its header timeout ran out (10 s by default; the node bench saw 10-11 s shutdowns): its
+/// task held a graceful-shutdown watcher, and the router and so the ledger. Now it is
+/// closed when the server stops. With a two-minute header timeout here, shutdown must be
+/// over well within 30 s, and leave the ledger closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_hold_up_shutdown() {
+    let node = start_with(None, |c| c.header_read_timeout_ms = Some(120_000)).await;
+    standard(&node).await;
+    let silent = tokio::net::TcpStream::connect(node.node.addr).await.unwrap();
+    // Let the server accept it and start waiting for its first byte.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let data = node.data_dir();
+    tokio::time::timeout(std::time::Duration::from_secs(30), node.node.shutdown())
+        .await
+        .expect("shutdown does not wait for a connection that never sent a byte");
+    let reopened = tally_ledger::Ledger::open(&data, tally_ledger::LedgerConfig::new(None));
+    assert!(reopened.is_ok(), "the ledger was closed by shutdown: {:?}", reopened.err());
+    drop(silent);
+}

@@ -52,6 +52,11 @@ pub(crate) async fn start() -> TestNode {
 }
 
 impl TestNode {
+    /// Where the node keeps its ledger.
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     async fn submit(&self, entries: &[Entry]) -> (u16, Value) {
         let body = json!({ "entries": entries.iter().map(|e| B64.encode(e.as_bytes())).collect::<Vec<_>>() });
         let r = self.http.post(format!("{}/v1/entries", self.base)).json(&body).send().await.unwrap();

@@ -155,6 +155,11 @@ async fn serve(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections not yet handed to hyper (waiting for their first byte) hold a watcher of
+    // `graceful`, and the router with the ledger in it; this tells them to give up when the
+    // server stops. A silent connection used to hold up shutdown for its whole header
+    // timeout.
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(connections_max));
     tokio::pin!(stopped);
     loop {
@@ -178,11 +183,16 @@ async fn serve(
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             // hyper's header timeout starts with the first byte; a connection that sends
-            // nothing gets the same time to start.
+            // nothing gets the same time to start, or until the server stops.
             let mut first = [0u8; 1];
-            if !matches!(tokio::time::timeout(header_timeout, stream.peek(&mut first)).await, Ok(Ok(1))) {
+            let started = tokio::select! {
+                peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => matches!(peeked, Ok(Ok(1))),
+                _ = closing.wait_for(|closing| *closing) => false,
+            };
+            if !started {
                 drop(slot);
                 return;
             }
@@ -193,6 +203,7 @@ async fn serve(
         });
     }
     drop(listener);
+    let _ = closing.send(true);
     graceful.shutdown().await;
     Ok(())
 }
