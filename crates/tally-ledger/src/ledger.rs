@@ -44,8 +44,6 @@ const _: () = assert!(ENTRIES_PER_APPEND_MAX <= GROUP_ENTRIES_MAX);
 /// Entries at the end of the log whose index records (`dedup`, `leaf_index`) are checked
 /// against the entries themselves on open.
 pub const INDEX_CHECK_ENTRIES: u64 = 65_536;
-/// How often the sequencer puts RocksDB's new background threads in the idle class.
-const BACKGROUND_IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Tile levels that can exist: level 7 holds hashes at height 56; a tree of at most 2^63
 /// leaves has no level 8.
 const TILE_LEVELS: u8 = 8;
@@ -188,6 +186,9 @@ pub struct Ledger {
     published: Arc<Published>,
     tx: Option<SyncSender<Command>>,
     thread: Option<JoinHandle<()>>,
+    /// Keeps RocksDB's background threads in the idle scheduling class while they keep up
+    /// (`background.rs`); only a ledger that appends has one.
+    background: Option<crate::background::Watcher>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -230,7 +231,7 @@ impl Ledger {
             failed: Default::default(),
         });
         let Some(signing_key) = config.signing_key else {
-            return Ok(Self { store, published, tx: None, thread: None });
+            return Ok(Self { store, published, tx: None, thread: None, background: None });
         };
         let mut sequencer = Sequencer {
             store: store.clone(),
@@ -246,7 +247,6 @@ impl Ledger {
             min_free_bytes: config.min_free_bytes,
             clock: config.clock,
             on_group: config.on_group,
-            background_idled_at: None,
         };
         // Entries committed after the last checkpoint (a crash between the two writes) get
         // a checkpoint now, checked for consistency with the last one like any other.
@@ -256,7 +256,9 @@ impl Ledger {
             .name("tally-sequencer".into())
             .spawn(move || sequencer.run(rx))
             .map_err(|e| LedgerError::Corrupted(format!("cannot start the sequencer thread: {e}")))?;
-        Ok(Self { store, published, tx: Some(tx), thread: Some(thread) })
+        let background = crate::background::Watcher::start(store.clone())
+            .map_err(|e| LedgerError::Corrupted(format!("cannot start the background watcher thread: {e}")))?;
+        Ok(Self { store, published, tx: Some(tx), thread: Some(thread), background: Some(background) })
     }
 
     pub fn store(&self) -> &Store {
@@ -387,6 +389,10 @@ impl Ledger {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // Background threads back in the normal class: the final flush need not wait.
+        if let Some(mut background) = self.background.take() {
+            background.stop();
+        }
     }
 }
 
@@ -506,8 +512,6 @@ struct Sequencer {
     min_free_bytes: u64,
     clock: Clock,
     on_group: Option<GroupObserver>,
-    /// When RocksDB's background threads were last put in the idle scheduling class.
-    background_idled_at: Option<std::time::Instant>,
 }
 
 /// What one group will write, built before anything is committed.
@@ -533,7 +537,6 @@ impl Sequencer {
         // passed, so clients are never left without one covering acknowledged entries.
         let idle = std::time::Duration::from_millis(self.checkpoint_interval_ms.clamp(1, 60_000));
         loop {
-            self.idle_background_threads();
             let first = match rx.recv_timeout(idle) {
                 Ok(cmd) => cmd,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -588,16 +591,6 @@ impl Sequencer {
         if let Err(e) = self.maybe_checkpoint(true) {
             eprintln!("tally-ledger: final checkpoint failed: {e}");
         }
-    }
-
-    /// Keep RocksDB's flushes and compactions in the idle scheduling class (see
-    /// `background.rs`). Its pool starts threads lazily, so this looks again once a second.
-    fn idle_background_threads(&mut self) {
-        if self.background_idled_at.is_some_and(|at| at.elapsed() < BACKGROUND_IDLE_INTERVAL) {
-            return;
-        }
-        crate::background::idle_background_threads();
-        self.background_idled_at = Some(std::time::Instant::now());
     }
 
     /// Commit one group and answer its callers. An error means nothing of the group was

@@ -231,6 +231,20 @@ pub struct StoreMemory {
     pub table_readers: u64,
 }
 
+/// How far RocksDB's background work is behind ([`Store::backlog`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Level-0 files of the family with the most (RocksDB slows writes down at 20).
+    pub level0_files: u64,
+    /// Memtables waiting to be flushed, in the family with the most (with two memtables a
+    /// family, writes stop when its active one fills while one waits).
+    pub immutable_memtables: u64,
+    /// Bytes compactions would rewrite to bring every level within its target, in all.
+    pub pending_compaction_bytes: u64,
+    /// RocksDB is delaying or stopping writes until its background work catches up.
+    pub writes_held_back: bool,
+}
+
 /// The RocksDB database and typed reads over it. Cheap to clone; safe to share.
 #[derive(Clone)]
 pub struct Store {
@@ -615,6 +629,25 @@ impl Store {
             block_cache: self.db.property_int_value_cf(self.cf(CF_ENTRIES), "rocksdb.block-cache-usage")?.unwrap_or(0),
             table_readers: sum("rocksdb.estimate-table-readers-mem")?,
         })
+    }
+
+    /// How far RocksDB's flushes and compactions are behind: the most level-0 files and
+    /// immutable memtables of any family, the compaction bytes pending in all, and whether
+    /// writes are being held back for them.
+    pub fn backlog(&self) -> Result<Backlog, LedgerError> {
+        let mut backlog = Backlog::default();
+        for name in COLUMN_FAMILIES {
+            let cf = self.cf(name);
+            let property =
+                |p: &str| -> Result<u64, LedgerError> { Ok(self.db.property_int_value_cf(cf, p)?.unwrap_or(0)) };
+            backlog.level0_files = backlog.level0_files.max(property("rocksdb.num-files-at-level0")?);
+            backlog.immutable_memtables = backlog.immutable_memtables.max(property("rocksdb.num-immutable-mem-table")?);
+            backlog.pending_compaction_bytes += property("rocksdb.estimate-pending-compaction-bytes")?;
+        }
+        let db_property = |p: &str| -> Result<u64, LedgerError> { Ok(self.db.property_int_value(p)?.unwrap_or(0)) };
+        backlog.writes_held_back =
+            db_property("rocksdb.is-write-stopped")? != 0 || db_property("rocksdb.actual-delayed-write-rate")? != 0;
+        Ok(backlog)
     }
 
     /// Write every column family's memtables to table files.
