@@ -310,7 +310,7 @@ async fn a_silent_connection_does_not_hold_up_shutdown() {
     let silent = tokio::net::TcpStream::connect(node.node.addr).await.unwrap();
     // Let the server accept it and start waiting for its first byte.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let data = node.data_dir();
+    let data = node.node.state().config.data.clone();
     tokio::time::timeout(std::time::Duration::from_secs(30), node.node.shutdown())
         .await
         .expect("shutdown does not wait for a connection that never sent a byte");
