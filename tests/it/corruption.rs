@@ -18,7 +18,7 @@ use std::path::Path;
 use rand::Rng;
 use tally_core::Hash;
 use tally_ledger::{Ledger, LedgerConfig, LedgerError};
-use tally_tests::{PUBLISHER_ID, all_verified, collective_key, random_receipt, setup};
+use tally_tests::{PUBLISHER_ID, all_verified, collective_key, copy_dir, random_receipt, setup};
 
 /// Everything a reader can get from the ledger, to compare before and after a flip.
 #[derive(Debug, PartialEq)]
@@ -42,9 +42,9 @@ fn serve(dir: &Path, receipt_ids: &[Hash]) -> Result<Served, LedgerError> {
         state_root: ledger.settlement()?.state_root(),
         parties: [0, 1, 2, 3, PUBLISHER_ID]
             .iter()
-            .map(|p| store.party_entries(*p, 0, usize::MAX))
+            .map(|p| ledger.party_entries(*p, 0, usize::MAX))
             .collect::<Result<_, _>>()?,
-        dedup: receipt_ids.iter().map(|id| store.dedup(id)).collect::<Result<_, _>>()?,
+        dedup: receipt_ids.iter().map(|id| ledger.dedup(id)).collect::<Result<_, _>>()?,
     };
     // An outside auditor, trusting only the collective's key, must agree with what is served.
     let report = tally_tests::audit_ledger(&ledger, collective_key().public_key());
@@ -72,14 +72,6 @@ fn serve_bounded(dir: &Path, receipt_ids: &[Hash]) -> Option<Result<Served, Ledg
     rx.recv_timeout(std::time::Duration::from_secs(TRIAL_SECONDS_MAX)).ok()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in std::fs::read_dir(from).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
-    }
-}
-
 /// A small ledger with part of its data in table files and the rest only in the
 /// write-ahead log, copied as a crash would leave it; with the ids of its receipts and
 /// what it serves when opened intact.
@@ -97,7 +89,10 @@ fn build() -> Built {
     let mut rng = rand::thread_rng();
     let mut ids = Vec::new();
     {
-        let ledger = Ledger::open(&built, LedgerConfig::new(Some(collective_key()))).unwrap();
+        // Index runs of 64 entries: some of the index records are written out, the last ones
+        // are still in the index journal.
+        let config = LedgerConfig { index_run_entries: 64, ..LedgerConfig::new(Some(collective_key())) };
+        let ledger = Ledger::open(&built, config).unwrap();
         ledger.append_blocking(all_verified(setup(2))).unwrap();
         for part in 0..4 {
             let receipts: Vec<_> = (0..100).map(|_| random_receipt(1 + (part % 2) as u8, &mut rng)).collect();
@@ -284,40 +279,51 @@ fn every_bit_of_every_manifest_record_header_is_detected_or_harmless() {
     assert!(silent.is_empty(), "{} silent:\n{}", silent.len(), silent.join("\n"));
 }
 
-/// Opening checks the `dedup` and `leaf_index` records of the end of the log against the
-/// entries: an index record lost any way (here deleted behind the ledger's back) is found
-/// on open instead of letting a receipt be appended and charged twice.
+/// Opening checks the index records of the end of the log against the entries: the last
+/// `dedup` and `leaf_index` records written out, and every index journal record after them.
+/// A record lost any way (here deleted behind the ledger's back) is found on open instead
+/// of letting a receipt be appended and charged twice.
 #[test]
 fn an_index_record_lost_at_the_end_of_the_log_is_found_on_open() {
     let Built { root, pristine, ids, reference } = build();
-    let last_receipt = *ids.last().unwrap();
-    let last_seq = reference.size - 1;
     let column_families = |dir: &Path| rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
-    for (cf, key) in [("dedup", last_receipt.to_vec()), ("leaf_index", Vec::new())] {
+    let indexed = {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &pristine, column_families(&pristine)).unwrap();
+        let value = db.get_cf(db.cf_handle("meta").unwrap(), b"indexed").unwrap().expect("meta/indexed");
+        u64::from_be_bytes(value.as_slice().try_into().unwrap())
+    };
+    assert!(
+        indexed > 0 && indexed < reference.size,
+        "the build leaves index records both written out and journaled: indexed {indexed} of {}",
+        reference.size
+    );
+    let last_written = indexed - 1;
+    for cf in ["dedup", "leaf_index", "index_journal"] {
         let dir = root.path().join(format!("lost-{cf}"));
         copy_dir(&pristine, &dir);
         {
             let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &dir, column_families(&dir)).unwrap();
             let handle = db.cf_handle(cf).unwrap();
-            let key = if key.is_empty() {
-                // The leaf index key of the last entry: its leaf hash's first 8 bytes, then
-                // its sequence number.
-                let (k, _) = db
-                    .iterator_cf(handle, rocksdb::IteratorMode::Start)
-                    .map(Result::unwrap)
-                    .find(|(k, _)| k[8..] == last_seq.to_be_bytes())
-                    .expect("the last entry is indexed");
-                k.to_vec()
-            } else {
-                key
-            };
-            assert!(db.get_cf(handle, &key).unwrap().is_some(), "{cf}: the record to lose exists");
+            let mut records = db.iterator_cf(handle, rocksdb::IteratorMode::Start).map(Result::unwrap);
+            let (key, _) = match cf {
+                // The last entry written out: its dedup record points at it; its leaf index
+                // key is its leaf hash's first 8 bytes, then its sequence number.
+                "dedup" => records.find(|(_, v)| **v == last_written.to_be_bytes()),
+                "leaf_index" => records.find(|(k, _)| k[8..] == last_written.to_be_bytes()),
+                // The last group's journal record.
+                _ => records.last(),
+            }
+            .unwrap_or_else(|| panic!("{cf}: the record to lose exists"));
             db.delete_cf(handle, &key).unwrap();
         }
         match Ledger::open(&dir, LedgerConfig::new(None)) {
             Err(LedgerError::Corrupted(why)) => {
-                let index = if cf == "dedup" { "dedup index" } else { "leaf index" };
-                assert!(why.contains(index) && why.contains(&last_seq.to_string()), "{cf}: {why}");
+                let (what, seq) = match cf {
+                    "dedup" => ("dedup index", last_written),
+                    "leaf_index" => ("leaf index", last_written),
+                    _ => ("index journal", reference.size),
+                };
+                assert!(why.contains(what) && why.contains(&seq.to_string()), "{cf}: {why}");
             }
             other => panic!("{cf}: a lost index record was not found on open: {other:?}"),
         }

@@ -91,7 +91,7 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
             assert!(ack.seq < size, "round {round}: acknowledged seq {} is beyond size {size}", ack.seq);
             let leaf = store.leaf(ack.seq).unwrap().expect("acknowledged leaf is present");
             assert_eq!(leaf.leaf_hash(), ack.leaf_hash, "round {round}: seq {} changed", ack.seq);
-            assert_eq!(store.dedup(id).unwrap(), Some(ack.seq), "round {round}: receipt index");
+            assert_eq!(ledger.dedup(id).unwrap(), Some(ack.seq), "round {round}: receipt index");
         }
         // Nothing half-present: every position has its entry, its leaf and, for receipts,
         // a dedup entry pointing back at it (so no receipt is in the log twice).
@@ -100,7 +100,7 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
             let leaf = store.leaf(seq).unwrap().expect("leaf below size");
             assert!(leaf.matches(&entry), "round {round}: leaf {seq} does not describe its entry");
             if let Some(id) = entry.receipt_id() {
-                assert_eq!(store.dedup(&id).unwrap(), Some(seq), "round {round}: receipt at {seq} twice or unindexed");
+                assert_eq!(ledger.dedup(&id).unwrap(), Some(seq), "round {round}: receipt at {seq} twice or unindexed");
             }
         }
         assert!(store.entry(size).unwrap().is_none() && store.leaf(size).unwrap().is_none());

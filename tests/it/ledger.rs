@@ -254,6 +254,85 @@ fn shutdown_flushes_so_the_next_open_replays_nothing() {
     assert_eq!(sizes, vec![setup(1).len() as u64 + 500; 2]);
 }
 
+/// Index records are journaled with their group and written out later, in sorted runs
+/// (`tally-ledger/src/index.rs`). With runs turning over every few groups, from a crash
+/// image, and after a clean shutdown, every lookup sees every entry: by idempotency key (a
+/// receipt sent again is a duplicate of its first position), by leaf hash and by
+/// participant; and the answers are those of a ledger whose index records all stay in
+/// memory, and of one whose records are all written out.
+#[test]
+fn index_lookups_see_every_entry_while_runs_are_written_out() {
+    use rand::{Rng, SeedableRng};
+    let root = tempfile::tempdir().unwrap();
+    let open = |name: &str, run: u64| {
+        Ledger::open(&root.path().join(name), LedgerConfig { index_run_entries: run, ..config() }).unwrap()
+    };
+    // Runs of 16 entries and of one; and runs never written out (all in the window).
+    let ledgers = [open("runs-16", 16), open("runs-1", 1), open("window", u64::MAX / 4)];
+    for ledger in &ledgers {
+        set_up(ledger, 2);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let mut sent: Vec<(tally_core::Hash, u64)> = Vec::new();
+    let parties = [0, 1, 2, PUBLISHER_ID];
+    let check = |ledger: &Ledger, sent: &[(tally_core::Hash, u64)], reference: &Ledger| {
+        for (id, seq) in sent {
+            assert_eq!(ledger.dedup(id).unwrap(), Some(*seq));
+        }
+        for seq in 0..ledger.size() {
+            let leaf = ledger.store().leaf(seq).unwrap().unwrap();
+            assert_eq!(ledger.seq_of_leaf(&leaf.leaf_hash()).unwrap(), Some(seq));
+        }
+        let size = ledger.size();
+        for party in parties {
+            for (from, limit) in [(0, usize::MAX), (3, 5), (size / 2, 7), (size - 1, 2)] {
+                assert_eq!(
+                    ledger.party_entries(party, from, limit).unwrap(),
+                    reference.party_entries(party, from, limit).unwrap(),
+                    "party {party} from {from}, at most {limit}"
+                );
+            }
+        }
+    };
+    for round in 0..30u8 {
+        let receipts: Vec<_> = (0..rng.gen_range(1..24)).map(|_| random_receipt(1 + round % 2, &mut rng)).collect();
+        let ids: Vec<_> = receipts.iter().map(|r| r.receipt_id().unwrap()).collect();
+        let mut seqs = Vec::new();
+        for ledger in &ledgers {
+            seqs.push(appended(&ledger.append_blocking(all_verified(receipts.clone())).unwrap()));
+        }
+        assert!(seqs.iter().all(|s| *s == seqs[0]));
+        sent.extend(ids.into_iter().zip(seqs[0].iter().copied()));
+        check(&ledgers[0], &sent, &ledgers[2]);
+        check(&ledgers[1], &sent, &ledgers[2]);
+        check(&ledgers[2], &sent, &ledgers[0]);
+    }
+    assert!(ledgers[2].party_entries(1, 0, usize::MAX).unwrap().len() > 100, "the comparison is not vacuous");
+    // Every receipt sent again is a duplicate of its first position, wherever its index
+    // records are.
+    let first_seqs: Vec<u64> = sent.iter().map(|(_, seq)| *seq).collect();
+    let size_before = ledgers[0].size();
+    let store = ledgers[0].store();
+    let resent: Vec<_> = first_seqs.iter().map(|seq| store.entry(*seq).unwrap().unwrap()).collect();
+    for (outcome, seq) in ledgers[0].append_blocking(all_verified(resent)).unwrap().iter().zip(&first_seqs) {
+        assert!(matches!(outcome, Outcome::Duplicate(p) if p.seq == *seq), "{outcome:?} for {seq}");
+    }
+    assert_eq!(ledgers[0].size(), size_before);
+
+    // A crash image (the copy of an open, idle ledger) rebuilds its window from the index
+    // journal and answers the same; so does a ledger reopened after a clean shutdown, with
+    // every index record written out.
+    tally_tests::copy_dir(&root.path().join("runs-16"), &root.path().join("crashed"));
+    let [runs_16, runs_1, window] = ledgers;
+    let crashed = open("crashed", 16);
+    check(&crashed, &sent, &window);
+    runs_16.shutdown();
+    let reopened = Ledger::open(&root.path().join("runs-16"), LedgerConfig::new(None)).unwrap();
+    check(&reopened, &sent, &window);
+    check(&window, &sent, &reopened);
+    check(&runs_1, &sent, &reopened);
+}
+
 /// A ledger of 3,000 receipts, built once and shared by the property test below.
 fn shared_ledger() -> &'static (tempfile::TempDir, Ledger, MemoryTree) {
     static LEDGER: OnceLock<(tempfile::TempDir, Ledger, MemoryTree)> = OnceLock::new();

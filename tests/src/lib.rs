@@ -215,3 +215,13 @@ pub fn audit_ledger(ledger: &tally_ledger::Ledger, key: tally_core::sig::PublicK
     reader.join().expect("export reader");
     auditor.finish()
 }
+
+/// Copy the files of a data directory (not recursive): taken while the ledger is open and
+/// idle, the copy is what a crash would leave.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for f in std::fs::read_dir(from).expect("read the directory") {
+        let f = f.expect("directory entry");
+        std::fs::copy(f.path(), to.join(f.file_name())).expect("copy a file");
+    }
+}

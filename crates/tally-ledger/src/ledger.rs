@@ -29,6 +29,7 @@ use tally_settlement::{Effect, Engine, Rejection};
 use tokio::sync::oneshot;
 
 use crate::error::LedgerError;
+use crate::index::{INDEX_RUN_ENTRIES, IndexFamily, Part, Records, Run, Window};
 use crate::store::*;
 
 /// Most entries one append call may carry.
@@ -85,6 +86,9 @@ pub struct LedgerConfig {
     pub clock: Clock,
     /// Told about every committed group (timings for metrics).
     pub on_group: Option<GroupObserver>,
+    /// Entries whose index records are collected before they are written out as one sorted
+    /// run (`index.rs`); [`INDEX_RUN_ENTRIES`] unless a test wants runs to turn over often.
+    pub index_run_entries: u64,
 }
 
 /// Default for [`LedgerConfig::min_free_bytes`].
@@ -97,6 +101,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .field("min_free_bytes", &self.min_free_bytes)
             .field("on_group", &self.on_group.is_some())
+            .field("index_run_entries", &self.index_run_entries)
             .finish()
     }
 }
@@ -109,6 +114,7 @@ impl LedgerConfig {
             min_free_bytes: MIN_FREE_BYTES_DEFAULT,
             clock: system_clock(),
             on_group: None,
+            index_run_entries: INDEX_RUN_ENTRIES,
         }
     }
 }
@@ -178,6 +184,10 @@ struct Published {
     /// Set when the sequencer stopped after a failed write: the engine in memory may then
     /// be ahead of the disk, so it is no longer served.
     failed: std::sync::atomic::AtomicBool,
+    /// Index records of the latest entries, not yet (known to be) in the store. The
+    /// sequencer adds a group's before it publishes the group, and drops a run's only after
+    /// the run is durable in the store; lookups read it before the store.
+    window: RwLock<Window>,
 }
 
 /// An open ledger. Reads go straight to the store; appends go through the sequencer.
@@ -203,7 +213,17 @@ impl Ledger {
     pub fn open(dir: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
         let store = Store::open(dir)?;
         let recovered = recover(&store)?;
-        check_indexes(&store, recovered.frontier.size())?;
+        let size = recovered.frontier.size();
+        let indexed = match store.indexed()? {
+            Some(indexed) if indexed <= size => indexed,
+            Some(indexed) => {
+                return Err(corrupted(format!("index records are written to {indexed}, past the log's {size}")));
+            }
+            // A ledger from before the index journal wrote every index record with its group.
+            None => size,
+        };
+        check_indexes(&store, indexed)?;
+        let window = rebuild_window(&store, indexed, size)?;
         let engine = Engine::open(store.clone()).map_err(|e| corrupted(format!("settlement state: {e}")))?;
         if engine.applied() != recovered.frontier.size() {
             return Err(corrupted(format!(
@@ -229,10 +249,17 @@ impl Ledger {
             checkpoint: RwLock::new(recovered.checkpoint.as_ref().map(|(s, n, _)| (*s, n.clone()))),
             engine: RwLock::new(engine),
             failed: Default::default(),
+            window: RwLock::new(window),
         });
         let Some(signing_key) = config.signing_key else {
             return Ok(Self { store, published, tx: None, thread: None, background: None });
         };
+        if store.indexed()?.is_none() {
+            // From here on index records may be journaled; recovery must know where from.
+            let mut batch = WriteBatch::default();
+            store.batch_put(&mut batch, CF_META, META_INDEXED, &size.to_be_bytes());
+            store.write_synced(batch)?;
+        }
         let mut sequencer = Sequencer {
             store: store.clone(),
             published: published.clone(),
@@ -247,6 +274,9 @@ impl Ledger {
             min_free_bytes: config.min_free_bytes,
             clock: config.clock,
             on_group: config.on_group,
+            run_entries: config.index_run_entries.max(1),
+            sorting: None,
+            writing: None,
         };
         // Entries committed after the last checkpoint (a crash between the two writes) get
         // a checkpoint now, checked for consistency with the last one like any other.
@@ -287,6 +317,39 @@ impl Ledger {
             return Err(LedgerError::Closed);
         }
         Ok(self.published.engine.read().expect("lock"))
+    }
+
+    /// The sequence number an entry with this idempotency key (`Entry::dedup_id`) was
+    /// first appended at.
+    pub fn dedup(&self, id: &Hash) -> Result<Option<u64>, LedgerError> {
+        if let Some(seq) = self.published.window.read().expect("lock").dedup(id) {
+            return Ok(Some(seq));
+        }
+        // A run leaves the window only once it is in the store.
+        self.store.dedup(id)
+    }
+
+    /// The position of the leaf with this leaf hash.
+    pub fn seq_of_leaf(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
+        let candidates = self.published.window.read().expect("lock").leaf_candidates(&leaf_prefix(leaf_hash));
+        for seq in candidates {
+            if self.store.leaf(seq)?.is_some_and(|l| l.leaf_hash() == *leaf_hash) {
+                return Ok(Some(seq));
+            }
+        }
+        self.store.seq_of_leaf(leaf_hash)
+    }
+
+    /// Sequence numbers of the entries that moved money of participant `party` or that it
+    /// authored, from `from`, at most `limit`, in order.
+    pub fn party_entries(&self, party: u64, from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
+        let mut seqs = self.published.window.read().expect("lock").party_entries(party, from, limit);
+        // A run being written out may be in both; everything below the window is in the store.
+        seqs.extend(self.store.party_entries(party, from, limit)?);
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.truncate(limit);
+        Ok(seqs)
     }
 
     /// The newest signed checkpoint: its size and note text.
@@ -453,17 +516,18 @@ fn recover(store: &Store) -> Result<Recovered, LedgerError> {
 }
 
 /// Check the `dedup` and `leaf_index` records of the last [`INDEX_CHECK_ENTRIES`] entries
+/// before `indexed` (those after it are in the index journal: [`rebuild_window`])
 /// against the entries and leaf records themselves. Nothing else on open reads these
 /// indexes, and a damaged MANIFEST once made RocksDB silently forget a flush of an index
 /// (see `check_manifest`); a lost `dedup` record would let a receipt be appended, and
 /// charged, twice. Recent flushes are the ones at the end of the MANIFEST, so the end of
 /// the log is where such a loss shows. `parties` is not checked: who an entry concerned
 /// depends on the participants' keys at the time, which may since have been rotated.
-fn check_indexes(store: &Store, size: u64) -> Result<(), LedgerError> {
+fn check_indexes(store: &Store, indexed: u64) -> Result<(), LedgerError> {
     const CHUNK: u64 = 4096;
-    let mut from = size.saturating_sub(INDEX_CHECK_ENTRIES);
-    while from < size {
-        let end = (from + CHUNK).min(size);
+    let mut from = indexed.saturating_sub(INDEX_CHECK_ENTRIES);
+    while from < indexed {
+        let end = (from + CHUNK).min(indexed);
         let pairs = store.export(from, end, usize::MAX)?;
         let mut ids = Vec::with_capacity(pairs.len());
         let mut leaf_keys = Vec::with_capacity(pairs.len());
@@ -494,6 +558,61 @@ fn check_indexes(store: &Store, size: u64) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// Rebuild the index window from the index journal records from `indexed` on, checked
+/// against the log: they must cover `indexed..size` exactly, group after group, and name
+/// each entry's own idempotency key and leaf hash. A lost or damaged journal record would
+/// otherwise lose index records (and let a receipt be charged twice) as surely as a lost
+/// `dedup` record.
+fn rebuild_window(store: &Store, indexed: u64, size: u64) -> Result<Window, LedgerError> {
+    const CHUNK: u64 = 4096;
+    let journal = store.journal(indexed)?;
+    let mut window = Window::starting_at(indexed);
+    for records in &journal {
+        let at = window.filling_end();
+        if records.first != at || records.end() > size {
+            return Err(corrupted(format!(
+                "the index journal has a record for entries {}..{} where one from {at} (below {size}) was due",
+                records.first,
+                records.end()
+            )));
+        }
+        window.filling.add(records);
+    }
+    if window.filling_end() != size {
+        return Err(corrupted(format!(
+            "the index journal ends at entry {} but the log at {size}: index records are lost",
+            window.filling_end()
+        )));
+    }
+    let mut expected = journal.iter().flat_map(|r| r.dedup.iter().zip(&r.leaves));
+    let mut from = indexed;
+    while from < size {
+        let end = (from + CHUNK).min(size);
+        for (seq, (leaf, entry)) in (from..).zip(store.export(from, end, usize::MAX)?) {
+            let entry = Entry::decode(&entry).map_err(|e| corrupted(format!("entry {seq}: {e}")))?;
+            let leaf = LeafRecord::decode(&leaf).map_err(|e| corrupted(format!("leaf {seq}: {e}")))?;
+            let (id, prefix) = expected.next().expect("the journal covers the log");
+            if *id != entry.dedup_id() || *prefix != leaf_prefix(&leaf.leaf_hash()) {
+                return Err(corrupted(format!("the index journal's record for entry {seq} does not match the entry")));
+            }
+        }
+        from = end;
+    }
+    Ok(window)
+}
+
+fn index_cf(index: IndexFamily) -> &'static str {
+    match index {
+        IndexFamily::Dedup => CF_DEDUP,
+        IndexFamily::LeafIndex => CF_LEAF_INDEX,
+        IndexFamily::Parties => CF_PARTIES,
+    }
+}
+
+fn join_sorting(handle: JoinHandle<Run>) -> Run {
+    handle.join().expect("the index sorting thread does not panic")
+}
+
 fn hex_prefix(hash: &Hash) -> String {
     hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -512,6 +631,12 @@ struct Sequencer {
     min_free_bytes: u64,
     clock: Clock,
     on_group: Option<GroupObserver>,
+    /// Entries a frozen part of the index window holds (`LedgerConfig::index_run_entries`).
+    run_entries: u64,
+    /// The frozen part being sorted into a run, on a helper thread.
+    sorting: Option<JoinHandle<Run>>,
+    /// The run being written out a slice per group.
+    writing: Option<Run>,
 }
 
 /// What one group will write, built before anything is committed.
@@ -522,13 +647,9 @@ struct Group {
     genesis: Option<GenesisInfo>,
     /// Idempotency keys appended earlier in this same group.
     appended: HashMap<Hash, Position>,
-    /// Index keys whose order is random (hash-prefixed) or interleaved (per participant).
-    /// They go into the batch sorted, at the end: RocksDB's memtable then inserts each next
-    /// to the last instead of searching the skip list from the top (a third of the
-    /// sequencer's write time when they went in arrival order).
-    dedup: Vec<(Hash, u64)>,
-    leaf_index: Vec<[u8; 16]>,
-    parties: Vec<[u8; 16]>,
+    /// The appended entries' index records: the group's journal record, and then part of
+    /// the index window.
+    records: Records,
 }
 
 impl Sequencer {
@@ -587,7 +708,11 @@ impl Sequencer {
                 let _ = reply.send(answer);
             }
         }
-        // The channel closed: every queued append has been committed. Sign the final state.
+        // The channel closed: every queued append has been committed. Write the index window
+        // out, so the next open has nothing to rebuild, and sign the final state.
+        if let Err(e) = self.write_out_index() {
+            eprintln!("tally-ledger: writing the index window out failed (its journal holds it): {e}");
+        }
         if let Err(e) = self.maybe_checkpoint(true) {
             eprintln!("tally-ledger: final checkpoint failed: {e}");
         }
@@ -618,20 +743,29 @@ impl Sequencer {
             time_ms: (self.clock)().max(self.last_time_ms),
             genesis: self.genesis.clone(),
             appended: HashMap::with_capacity(entries),
-            dedup: Vec::with_capacity(entries),
-            leaf_index: Vec::with_capacity(entries),
-            parties: Vec::with_capacity(entries * 2),
+            records: Records::starting_at(self.frontier.size()),
         };
         let published = self.published.clone();
         let mut engine = published.engine.write().expect("lock");
         let mut answers = Vec::with_capacity(appends.len());
         let mut failed = None;
-        // Every idempotency key of the group, looked up in one batched read.
+        // Every idempotency key of the group, looked up in the index window and then, for
+        // those not there, in one batched read of the store.
         let ids: Vec<Hash> = appends.iter().flat_map(|(batch, _)| batch).map(|e| e.dedup_id()).collect();
-        let stored = self.store.dedup_many(&ids).unwrap_or_else(|e| {
-            failed = Some(e);
-            Vec::new()
-        });
+        let mut stored: Vec<Option<u64>> = {
+            let window = published.window.read().expect("lock");
+            ids.iter().map(|id| window.dedup(id)).collect()
+        };
+        let unseen: Vec<Hash> = ids.iter().zip(&stored).filter(|(_, s)| s.is_none()).map(|(id, _)| *id).collect();
+        match self.store.dedup_many(&unseen) {
+            Ok(found) => {
+                let mut found = found.into_iter();
+                for s in stored.iter_mut().filter(|s| s.is_none()) {
+                    *s = found.next().expect("one answer per key");
+                }
+            }
+            Err(e) => failed = Some(e),
+        }
         let mut stored = ids.into_iter().zip(stored);
         'requests: for (entries, _) in appends.iter().take_while(|_| failed.is_none()) {
             let mut outcomes = Vec::with_capacity(entries.len());
@@ -648,17 +782,13 @@ impl Sequencer {
             answers.push(outcomes);
         }
         let size = group.frontier.size();
-        group.dedup.sort_unstable();
-        group.leaf_index.sort_unstable();
-        group.parties.sort_unstable();
-        for (id, seq) in &group.dedup {
-            self.store.batch_put(&mut group.batch, CF_DEDUP, id, &seq_key(*seq));
-        }
-        for key in &group.leaf_index {
-            self.store.batch_put(&mut group.batch, CF_LEAF_INDEX, key, &[]);
-        }
-        for key in &group.parties {
-            self.store.batch_put(&mut group.batch, CF_PARTIES, key, &[]);
+        // The group's index records go into one journal record, appended in order; with it
+        // goes the next slice of the run being written out, if any.
+        let mut run_written = None;
+        if !group.records.is_empty() {
+            let records = &group.records;
+            self.store.batch_put(&mut group.batch, CF_INDEX_JOURNAL, &seq_key(records.first), &records.encode());
+            run_written = self.write_run_slice(&mut group.batch, records.dedup.len() as u64);
         }
         self.store.batch_put(&mut group.batch, CF_META, META_SIZE, &size.to_be_bytes());
         for (key, value) in engine.take_writes() {
@@ -691,6 +821,7 @@ impl Sequencer {
                     *self.published.genesis.write().expect("lock") = group.genesis.clone();
                 }
                 self.genesis = group.genesis;
+                self.add_to_window(&group.records, run_written);
                 self.published.size.store(size, Ordering::Release);
                 for ((_, reply), outcomes) in appends.into_iter().zip(answers) {
                     let _ = reply.send(Ok(outcomes));
@@ -707,6 +838,84 @@ impl Sequencer {
                 Err(e)
             }
         }
+    }
+
+    /// Add the next slice of the run being written out to `batch` (a group that appended
+    /// `appended` entries); with its last slice, delete the run's journal records and move
+    /// `meta/indexed` past it. Returns the run's end if this batch finishes it.
+    fn write_run_slice(&mut self, batch: &mut WriteBatch, appended: u64) -> Option<u64> {
+        if self.writing.is_none() && self.sorting.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.writing = self.sorting.take().map(join_sorting);
+        }
+        // Two runs' worth in the window: the run in hand is written whole now, so the window
+        // stays bounded even if its slices fell behind.
+        let behind = self.published.window.read().expect("lock").filling.entries() >= 2 * self.run_entries;
+        if behind && self.writing.is_none() {
+            self.writing = self.sorting.take().map(join_sorting);
+        }
+        let run = self.writing.as_mut()?;
+        let store = &self.store;
+        run.write_slice(run.slice_len(appended, behind), |index, key, value| {
+            store.batch_put(batch, index_cf(index), key, value);
+        });
+        if !run.is_written() {
+            return None;
+        }
+        store.batch_delete_seqs(batch, CF_INDEX_JOURNAL, run.from, run.to);
+        store.batch_put(batch, CF_META, META_INDEXED, &run.to.to_be_bytes());
+        Some(run.to)
+    }
+
+    /// After a group is durable: add its index records to the window, drop the run it
+    /// finished writing out, and freeze the window's filling part once it holds a run.
+    fn add_to_window(&mut self, records: &Records, run_written: Option<u64>) {
+        let mut window = self.published.window.write().expect("lock");
+        if !records.is_empty() {
+            window.filling.add(records);
+        }
+        if let Some(end) = run_written {
+            debug_assert_eq!(window.frozen.as_ref().map(|f| f.entries() + window.from()), Some(end));
+            window.frozen = None;
+            self.writing = None;
+        }
+        if window.frozen.is_none() && self.sorting.is_none() && window.filling.entries() >= self.run_entries {
+            let end = window.filling_end();
+            let part = Arc::new(std::mem::replace(&mut window.filling, Part::with_capacity(end, self.run_entries)));
+            window.frozen = Some(part.clone());
+            let sorted = part.clone();
+            match std::thread::Builder::new().name("tally-index".into()).spawn(move || Run::of(&sorted)) {
+                Ok(handle) => self.sorting = Some(handle),
+                // No thread to spare: sort here, once.
+                Err(_) => self.writing = Some(Run::of(&part)),
+            }
+        }
+    }
+
+    /// Write every index record in the window to the store, delete the journal records
+    /// and move `meta/indexed` to the log's size: after a clean shutdown the next open has
+    /// nothing to rebuild.
+    fn write_out_index(&mut self) -> Result<(), LedgerError> {
+        let size = self.frontier.size();
+        let mut window = self.published.window.write().expect("lock");
+        let from = window.from();
+        if from == size {
+            return Ok(());
+        }
+        if let Some(handle) = self.sorting.take() {
+            self.writing = Some(join_sorting(handle));
+        }
+        let mut batch = WriteBatch::default();
+        let store = &self.store;
+        for mut run in self.writing.take().into_iter().chain(std::iter::once(Run::of(&window.filling))) {
+            run.write_slice(run.slice_len(0, true), |index, key, value| {
+                store.batch_put(&mut batch, index_cf(index), key, value);
+            });
+        }
+        store.batch_delete_seqs(&mut batch, CF_INDEX_JOURNAL, from, size);
+        store.batch_put(&mut batch, CF_META, META_INDEXED, &size.to_be_bytes());
+        store.write_synced(batch)?;
+        *window = Window::starting_at(size);
+        Ok(())
     }
 
     /// Refuse with `StorageFull` when the filesystem has less free space than the reserve.
@@ -771,13 +980,13 @@ impl Sequencer {
         }
         parties.sort_unstable();
         parties.dedup();
-        group.parties.extend(parties.into_iter().map(|party| party_key(party, seq)));
+        group.records.parties.extend(parties.into_iter().map(|party| (party, seq)));
         if effect.charge.is_none() && !effect.postings.is_empty() {
             store.batch_put(batch, CF_EFFECTS, &seq_key(seq), &tally_core::codec::encode(&effect.postings));
         }
-        group.leaf_index.push(leaf_index_key(&leaf_hash, seq));
+        group.records.leaves.push(leaf_prefix(&leaf_hash));
         let position = Position { seq, time_ms: group.time_ms, leaf_hash };
-        group.dedup.push((id, seq));
+        group.records.dedup.push(id);
         group.appended.insert(id, position);
         Ok(Outcome::Appended(position, effect))
     }

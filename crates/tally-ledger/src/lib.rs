@@ -7,6 +7,7 @@
 
 mod background;
 mod error;
+mod index;
 mod ledger;
 mod store;
 

@@ -30,7 +30,8 @@ pub(crate) const CF_PARTIES: &str = "parties";
 pub(crate) const CF_EFFECTS: &str = "effects";
 pub(crate) const CF_LEAF_INDEX: &str = "leaf_index";
 pub(crate) const CF_CHARGES: &str = "charges";
-const COLUMN_FAMILIES: [&str; 11] = [
+pub(crate) const CF_INDEX_JOURNAL: &str = "index_journal";
+const COLUMN_FAMILIES: [&str; 12] = [
     CF_ENTRIES,
     CF_LEAVES,
     CF_HASHES,
@@ -42,6 +43,7 @@ const COLUMN_FAMILIES: [&str; 11] = [
     CF_EFFECTS,
     CF_LEAF_INDEX,
     CF_CHARGES,
+    CF_INDEX_JOURNAL,
 ];
 
 /// The column family holding a settlement state key: per-receipt charge records in
@@ -79,12 +81,18 @@ fn memtable_bytes(cf: &str) -> usize {
         CF_LEAF_INDEX | CF_PARTIES => 8 * MIB,
         CF_CHARGES => 16 * MIB,
         CF_HASHES | CF_EFFECTS => 2 * MIB,
+        // About 90 bytes an entry, deleted a run at a time: most records are deleted
+        // before their memtable is flushed.
+        CF_INDEX_JOURNAL => 8 * MIB,
         _ => MIB,
     }
 }
 
 /// `meta` key holding the tree size (u64 big-endian), written in every append batch.
 pub(crate) const META_SIZE: &[u8] = b"size";
+/// `meta` key holding the first entry whose `dedup`, `leaf_index` and `parties` records may
+/// not be written yet (u64 big-endian); from it on they are in `index_journal` (`index.rs`).
+pub(crate) const META_INDEXED: &[u8] = b"indexed";
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -109,8 +117,16 @@ pub(crate) fn party_key(party: u64, seq: u64) -> [u8; 16] {
 /// `leaf_index` key: the first 8 bytes of a leaf hash, then the sequence number, so the
 /// index costs 16 bytes a leaf; a lookup checks each candidate's full leaf hash.
 pub(crate) fn leaf_index_key(leaf_hash: &Hash, seq: u64) -> [u8; 16] {
+    leaf_index_key_from_prefix(&leaf_prefix(leaf_hash), seq)
+}
+
+pub(crate) fn leaf_prefix(leaf_hash: &Hash) -> [u8; 8] {
+    leaf_hash[..8].try_into().expect("8 bytes")
+}
+
+pub(crate) fn leaf_index_key_from_prefix(prefix: &[u8; 8], seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&leaf_hash[..8]);
+    k[..8].copy_from_slice(prefix);
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
@@ -376,6 +392,32 @@ impl Store {
         batch.delete_cf(self.cf(cf), key);
     }
 
+    /// Delete the keys `[from, to)` of a sequence-keyed family.
+    pub(crate) fn batch_delete_seqs(&self, batch: &mut WriteBatch, cf: &str, from: u64, to: u64) {
+        batch.delete_range_cf(self.cf(cf), seq_key(from), seq_key(to));
+    }
+
+    /// `meta/indexed`, if it was ever written (ledgers from before the index journal have
+    /// none, and every index record of theirs is written).
+    pub(crate) fn indexed(&self) -> Result<Option<u64>, LedgerError> {
+        match self.db.get_cf(self.cf(CF_META), META_INDEXED)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(be_u64(&v, "meta indexed")?)),
+        }
+    }
+
+    /// The index journal records from entry `from` on, in order.
+    pub(crate) fn journal(&self, from: u64) -> Result<Vec<crate::index::Records>, LedgerError> {
+        let iter =
+            self.db.iterator_cf(self.cf(CF_INDEX_JOURNAL), IteratorMode::From(&seq_key(from), Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            out.push(crate::index::Records::decode(be_u64(&k, "index journal key")?, &v)?);
+        }
+        Ok(out)
+    }
+
     /// Write a batch durably (fsync of the write-ahead log before returning).
     pub(crate) fn write_synced(&self, batch: WriteBatch) -> Result<(), LedgerError> {
         let mut opts = rocksdb::WriteOptions::default();
@@ -509,8 +551,9 @@ impl Store {
     }
 
     /// The sequence number an entry with this idempotency key (`Entry::dedup_id`) was
-    /// first appended at.
-    pub fn dedup(&self, receipt_id: &Hash) -> Result<Option<u64>, LedgerError> {
+    /// first appended at, if its record is written out (`Ledger::dedup` also sees the
+    /// index window).
+    pub(crate) fn dedup(&self, receipt_id: &Hash) -> Result<Option<u64>, LedgerError> {
         match self.db.get_cf(self.cf(CF_DEDUP), receipt_id)? {
             None => Ok(None),
             Some(v) => Ok(Some(be_u64(&v, "dedup value")?)),
@@ -518,8 +561,8 @@ impl Store {
     }
 
     /// Sequence numbers of the entries that moved money of participant `party` or that it
-    /// authored, from `from`, at most `limit`.
-    pub fn party_entries(&self, party: u64, from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
+    /// authored, from `from`, at most `limit`, among the records written out.
+    pub(crate) fn party_entries(&self, party: u64, from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
         let start = party_key(party, from);
         let iter = self.db.iterator_cf(self.cf(CF_PARTIES), IteratorMode::From(&start, Direction::Forward));
         let mut out = Vec::new();
@@ -544,8 +587,8 @@ impl Store {
         }
     }
 
-    /// The position of the leaf with this leaf hash.
-    pub fn seq_of_leaf(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
+    /// The position of the leaf with this leaf hash, if its record is written out.
+    pub(crate) fn seq_of_leaf(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
         let prefix = &leaf_hash[..8];
         let iter = self.db.iterator_cf(self.cf(CF_LEAF_INDEX), IteratorMode::From(prefix, Direction::Forward));
         for item in iter {

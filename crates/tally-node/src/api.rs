@@ -382,7 +382,7 @@ pub struct HistoryView {
 /// from `from`, and where the next page starts.
 fn party_page(state: &AppState, party: u64, q: &PageQuery) -> Result<(Vec<u64>, Option<u64>), Problem> {
     let limit = q.limit.unwrap_or(PAGE_ENTRIES_MAX).clamp(1, PAGE_ENTRIES_MAX);
-    let mut seqs = state.ledger.store().party_entries(party, q.from, limit + 1)?;
+    let mut seqs = state.ledger.party_entries(party, q.from, limit + 1)?;
     let next_from = seqs.get(limit).copied();
     seqs.truncate(limit);
     Ok((seqs, next_from))
@@ -816,7 +816,8 @@ pub async fn inclusion(State(state): Shared, Query(q): Query<InclusionQuery>) ->
     let store = state.ledger.store();
     let index = match (q.index, &q.leaf_hash) {
         (Some(i), None) => i,
-        (None, Some(h)) => store
+        (None, Some(h)) => state
+            .ledger
             .seq_of_leaf(&parse_hash("leaf_hash", h)?)?
             .ok_or_else(|| Problem::not_found("unknown-leaf", "no leaf with that hash"))?,
         _ => return Err(Problem::bad_request("bad-parameter", "give exactly one of index or leaf_hash")),

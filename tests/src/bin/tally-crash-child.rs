@@ -16,6 +16,9 @@ fn main() {
     let dir = std::env::args().nth(1).expect("usage: tally-crash-child <data dir>");
     let mut config = LedgerConfig::new(Some(collective_key()));
     config.checkpoint_interval_ms = 20;
+    // Small index runs, so that kills land while runs are sorted and written out and the
+    // index journal is rebuilt from every state it can be left in.
+    config.index_run_entries = 512;
     let ledger = Arc::new(Ledger::open(std::path::Path::new(&dir), config).expect("open ledger"));
     if ledger.size() == 0 {
         ledger.append_blocking(all_verified(setup(4))).expect("set-up");

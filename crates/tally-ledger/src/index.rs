@@ -1,0 +1,403 @@
+//! Index records written late, in sorted runs.
+//!
+//! Three indexes have keys in hash or participant order: `dedup` (idempotency key to
+//! sequence number), `leaf_index` (leaf hash prefix and sequence number) and `parties`
+//! (participant and sequence number). Written with every group, each of their keys landed
+//! at a random place in a large memtable, and RocksDB searched its skip list from the top
+//! for each: a third of the sequencer's time at half load.
+//!
+//! So a group no longer writes them. It writes one **journal record** instead, keyed by
+//! the group's first sequence number (so it is appended in order, cheaply), holding the
+//! same index records, in the same synced batch as its entries. The records also go into
+//! an in-memory [`Window`], which every index lookup consults before the store. Once the
+//! window holds [`INDEX_RUN_ENTRIES`] entries it is frozen, sorted on a helper thread into
+//! a [`Run`], and written out a slice at a time with the following groups: keys sorted and
+//! dense land next to each other in the memtable. The group that writes a run's last slice
+//! also deletes the run's journal records and moves `meta/indexed` past it, atomically.
+//!
+//! On open, the window is rebuilt from the journal records from `meta/indexed` on, and
+//! checked against the entries and leaf records. A clean shutdown writes the whole window
+//! out. The layout is in `specs/storage.md`.
+
+use std::collections::HashMap;
+
+use tally_core::Hash;
+
+use crate::error::LedgerError;
+
+/// Entries whose index records are collected in the window before they are frozen, sorted
+/// and written out as one run. About 7 MiB of window; two runs at most are in memory.
+pub const INDEX_RUN_ENTRIES: u64 = 32_768;
+
+/// Most entries a part's maps are sized for up front.
+const PART_CAPACITY_MAX: u64 = 1 << 20;
+
+/// A run's records written with each group at least, and at most this many times the
+/// group's share (so a run is written out before the next one fills).
+const RUN_SLICE_MIN: usize = 256;
+const RUN_SLICE_PACE: u64 = 2;
+
+/// The index records of one group's appended entries: a journal record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Records {
+    /// Sequence number of the first entry; the entries are `first..first + dedup.len()`.
+    pub first: u64,
+    /// Idempotency key of each entry.
+    pub dedup: Vec<Hash>,
+    /// First 8 bytes of each entry's leaf hash.
+    pub leaves: Vec<[u8; 8]>,
+    /// (participant, sequence number) for each participant an entry concerns.
+    pub parties: Vec<(u64, u64)>,
+}
+
+impl Records {
+    pub(crate) fn starting_at(first: u64) -> Self {
+        Self { first, ..Self::default() }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.dedup.is_empty()
+    }
+
+    /// One past the last entry.
+    pub(crate) fn end(&self) -> u64 {
+        self.first + self.dedup.len() as u64
+    }
+
+    /// Journal value: entry count n (u32 BE), n idempotency keys (32 bytes each), n leaf
+    /// hash prefixes (8 bytes each), party count m (u32 BE), m (participant, sequence
+    /// number) pairs (u64 BE each).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let n = self.dedup.len();
+        let mut out = Vec::with_capacity(8 + n * 40 + self.parties.len() * 16);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+        for id in &self.dedup {
+            out.extend_from_slice(id);
+        }
+        for prefix in &self.leaves {
+            out.extend_from_slice(prefix);
+        }
+        out.extend_from_slice(&(self.parties.len() as u32).to_be_bytes());
+        for (party, seq) in &self.parties {
+            out.extend_from_slice(&party.to_be_bytes());
+            out.extend_from_slice(&seq.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decode the journal record of the group starting at `first`; every party record must
+    /// name one of its entries.
+    pub(crate) fn decode(first: u64, bytes: &[u8]) -> Result<Self, LedgerError> {
+        let bad = |why: &str| LedgerError::Corrupted(format!("index journal record {first}: {why}"));
+        let mut at = 0;
+        let mut take = |len: usize| -> Result<&[u8], LedgerError> {
+            let part = bytes.get(at..at + len).ok_or_else(|| bad("truncated"))?;
+            at += len;
+            Ok(part)
+        };
+        let u32_at = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
+        let u64_at = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        let n = u32_at(take(4)?);
+        if n == 0 {
+            return Err(bad("no entries"));
+        }
+        let mut records = Self::starting_at(first);
+        for _ in 0..n {
+            records.dedup.push(take(32)?.try_into().expect("32 bytes"));
+        }
+        for _ in 0..n {
+            records.leaves.push(take(8)?.try_into().expect("8 bytes"));
+        }
+        let m = u32_at(take(4)?);
+        for _ in 0..m {
+            let pair = take(16)?;
+            let (party, seq) = (u64_at(&pair[..8]), u64_at(&pair[8..]));
+            if !(first..records.end()).contains(&seq) {
+                return Err(bad("a party record names an entry outside the group"));
+            }
+            records.parties.push((party, seq));
+        }
+        if at != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(records)
+    }
+}
+
+/// Sequence numbers of a part of the window, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Part {
+    from: u64,
+    to: u64,
+    dedup: HashMap<Hash, u64>,
+    /// Leaf hash prefix to the first entry with it; further entries with the same prefix
+    /// (a 1 in 2^64 chance per pair) in `leaf_collisions`.
+    leaves: HashMap<[u8; 8], u64>,
+    leaf_collisions: Vec<([u8; 8], u64)>,
+    /// Each participant's entries, in order (groups are added in order).
+    parties: HashMap<u64, Vec<u64>>,
+    party_records: usize,
+}
+
+impl Part {
+    pub(crate) fn starting_at(from: u64) -> Self {
+        Self { from, to: from, ..Self::default() }
+    }
+
+    /// An empty part with room for `entries` entries: the maps are not rebuilt as they
+    /// grow, under the sequencer's write lock.
+    pub(crate) fn with_capacity(from: u64, entries: u64) -> Self {
+        let n = usize::try_from(entries.min(PART_CAPACITY_MAX)).expect("small");
+        Self { dedup: HashMap::with_capacity(n), leaves: HashMap::with_capacity(n), ..Self::starting_at(from) }
+    }
+
+    pub(crate) fn entries(&self) -> u64 {
+        self.to - self.from
+    }
+
+    /// Add the next group's records (which must start where this part ends).
+    pub(crate) fn add(&mut self, records: &Records) {
+        debug_assert_eq!(records.first, self.to, "groups are added in order");
+        for (seq, (id, prefix)) in (records.first..).zip(records.dedup.iter().zip(&records.leaves)) {
+            self.dedup.insert(*id, seq);
+            if let Some(first) = self.leaves.insert(*prefix, seq) {
+                self.leaves.insert(*prefix, first);
+                self.leaf_collisions.push((*prefix, seq));
+            }
+        }
+        for (party, seq) in &records.parties {
+            self.parties.entry(*party).or_default().push(*seq);
+        }
+        self.party_records += records.parties.len();
+        self.to = records.end();
+    }
+
+    fn dedup(&self, id: &Hash) -> Option<u64> {
+        self.dedup.get(id).copied()
+    }
+
+    fn leaf_candidates(&self, prefix: &[u8; 8], out: &mut Vec<u64>) {
+        out.extend(self.leaves.get(prefix));
+        out.extend(self.leaf_collisions.iter().filter(|(p, _)| p == prefix).map(|(_, seq)| *seq));
+    }
+
+    fn party_entries(&self, party: u64, from: u64, limit: usize, out: &mut Vec<u64>) {
+        if let Some(seqs) = self.parties.get(&party) {
+            let start = seqs.partition_point(|s| *s < from);
+            out.extend(seqs[start..].iter().take(limit));
+        }
+    }
+}
+
+/// Index records not yet (known to be) in the store: those of entries `from()..` on.
+#[derive(Debug)]
+pub(crate) struct Window {
+    /// Being sorted or written out.
+    pub frozen: Option<std::sync::Arc<Part>>,
+    pub filling: Part,
+}
+
+impl Window {
+    pub(crate) fn starting_at(from: u64) -> Self {
+        Self { frozen: None, filling: Part::starting_at(from) }
+    }
+
+    /// One past the last entry the window holds.
+    pub(crate) fn filling_end(&self) -> u64 {
+        self.filling.to
+    }
+
+    /// The first entry whose index records may not be in the store (`meta/indexed`).
+    pub(crate) fn from(&self) -> u64 {
+        self.frozen.as_ref().map_or(self.filling.from, |f| f.from)
+    }
+
+    pub(crate) fn dedup(&self, id: &Hash) -> Option<u64> {
+        self.filling.dedup(id).or_else(|| self.frozen.as_ref().and_then(|f| f.dedup(id)))
+    }
+
+    /// Entries whose leaf hash starts with `prefix`.
+    pub(crate) fn leaf_candidates(&self, prefix: &[u8; 8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.frozen {
+            f.leaf_candidates(prefix, &mut out);
+        }
+        self.filling.leaf_candidates(prefix, &mut out);
+        out
+    }
+
+    /// Up to `limit` entries of `party` from `from` on, in order.
+    pub(crate) fn party_entries(&self, party: u64, from: u64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.frozen {
+            f.party_entries(party, from, limit, &mut out);
+        }
+        self.filling.party_entries(party, from, limit - out.len().min(limit), &mut out);
+        out
+    }
+}
+
+/// A frozen part's records, sorted by key within each index, being written out.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub from: u64,
+    pub to: u64,
+    dedup: Vec<(Hash, u64)>,
+    leaves: Vec<[u8; 16]>,
+    parties: Vec<[u8; 16]>,
+    /// Records written so far, counting through `dedup`, then `leaves`, then `parties`.
+    written: usize,
+}
+
+/// Where a run's record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexFamily {
+    Dedup,
+    LeafIndex,
+    Parties,
+}
+
+impl Run {
+    /// Sort a frozen part's records (on a helper thread: tens of milliseconds for a run).
+    pub(crate) fn of(part: &Part) -> Self {
+        let mut dedup: Vec<(Hash, u64)> = part.dedup.iter().map(|(id, seq)| (*id, *seq)).collect();
+        dedup.sort_unstable();
+        let mut leaves: Vec<[u8; 16]> = part
+            .leaves
+            .iter()
+            .chain(part.leaf_collisions.iter().map(|(p, s)| (p, s)))
+            .map(|(prefix, seq)| crate::store::leaf_index_key_from_prefix(prefix, *seq))
+            .collect();
+        leaves.sort_unstable();
+        // Participants in order; each one's entries are already in order.
+        let mut by_party: Vec<(&u64, &Vec<u64>)> = part.parties.iter().collect();
+        by_party.sort_unstable_by_key(|(party, _)| **party);
+        let mut parties = Vec::with_capacity(part.party_records);
+        for (party, seqs) in by_party {
+            parties.extend(seqs.iter().map(|seq| crate::store::party_key(*party, *seq)));
+        }
+        Self { from: part.from, to: part.to, dedup, leaves, parties, written: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.dedup.len() + self.leaves.len() + self.parties.len()
+    }
+
+    pub(crate) fn is_written(&self) -> bool {
+        self.written == self.len()
+    }
+
+    /// How many records to write with a group that appended `appended` entries: the run's
+    /// records per entry, [`RUN_SLICE_PACE`] times over, so it is out before the next run
+    /// fills; all of them if `all`.
+    pub(crate) fn slice_len(&self, appended: u64, all: bool) -> usize {
+        if all {
+            return self.len();
+        }
+        let entries = (self.to - self.from).max(1);
+        let share = (self.len() as u64 * appended * RUN_SLICE_PACE).div_ceil(entries);
+        usize::try_from(share).unwrap_or(usize::MAX).max(RUN_SLICE_MIN)
+    }
+
+    /// Hand the next `n` records, in key order within each index, to `put`.
+    pub(crate) fn write_slice(&mut self, n: usize, mut put: impl FnMut(IndexFamily, &[u8], &[u8])) {
+        let end = (self.written + n).min(self.len());
+        let (d, l) = (self.dedup.len(), self.leaves.len());
+        for i in self.written..end {
+            if i < d {
+                let (id, seq) = &self.dedup[i];
+                put(IndexFamily::Dedup, id, &seq.to_be_bytes());
+            } else if i < d + l {
+                put(IndexFamily::LeafIndex, &self.leaves[i - d], &[]);
+            } else {
+                put(IndexFamily::Parties, &self.parties[i - d - l], &[]);
+            }
+        }
+        self.written = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(first: u64, n: u64) -> Records {
+        let mut r = Records::starting_at(first);
+        for seq in first..first + n {
+            r.dedup.push(tally_core::merkle::leaf_hash(&seq.to_be_bytes()));
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&tally_core::merkle::leaf_hash(&[&seq.to_be_bytes()[..], b"leaf"].concat())[..8]);
+            r.leaves.push(prefix);
+            r.parties.push((seq % 3, seq));
+            r.parties.push((7, seq));
+        }
+        r
+    }
+
+    #[test]
+    fn journal_records_round_trip_and_refuse_damage() {
+        let r = records(40, 5);
+        let bytes = r.encode();
+        assert_eq!(Records::decode(40, &bytes).unwrap(), r);
+        assert!(Records::decode(40, &bytes[..bytes.len() - 1]).is_err(), "truncated");
+        assert!(Records::decode(40, &[bytes.as_slice(), &[0]].concat()).is_err(), "trailing byte");
+        // Read as another group's record, its party records name entries outside it.
+        assert!(Records::decode(41, &bytes).is_err());
+        assert!(Records::decode(40, &Records::starting_at(40).encode()).is_err(), "empty record");
+    }
+
+    #[test]
+    fn the_window_answers_from_both_parts_and_the_run_is_sorted_and_complete() {
+        let mut window = Window::starting_at(10);
+        window.filling.add(&records(10, 4));
+        window.filling.add(&records(14, 3));
+        let frozen = std::mem::replace(&mut window.filling, Part::starting_at(17));
+        let run = Run::of(&frozen);
+        window.frozen = Some(std::sync::Arc::new(frozen));
+        window.filling.add(&records(17, 2));
+        assert_eq!(window.from(), 10);
+        for seq in 10..19 {
+            assert_eq!(window.dedup(&records(seq, 1).dedup[0]), Some(seq));
+            assert_eq!(window.leaf_candidates(&records(seq, 1).leaves[0]), vec![seq]);
+        }
+        assert_eq!(window.dedup(&records(19, 1).dedup[0]), None);
+        assert_eq!(window.party_entries(7, 0, usize::MAX), (10..19).collect::<Vec<_>>());
+        assert_eq!(window.party_entries(7, 15, 3), vec![15, 16, 17]);
+        assert_eq!(window.party_entries(1, 0, usize::MAX), vec![10, 13, 16]);
+
+        // Written in slices, the run hands over every record of the frozen part once, each
+        // index in key order.
+        let mut run = run;
+        assert_eq!((run.from, run.to), (10, 17));
+        let mut got: Vec<(IndexFamily, Vec<u8>, Vec<u8>)> = Vec::new();
+        while !run.is_written() {
+            run.write_slice(3, |index, k, v| got.push((index, k.to_vec(), v.to_vec())));
+        }
+        let dedup: Vec<_> = got.iter().filter(|(i, ..)| *i == IndexFamily::Dedup).collect();
+        assert_eq!(dedup.len(), 7);
+        assert!(dedup.windows(2).all(|w| w[0].1 < w[1].1));
+        for (_, id, seq) in &dedup {
+            let seq = u64::from_be_bytes(seq.as_slice().try_into().unwrap());
+            assert_eq!(window.dedup(id.as_slice().try_into().unwrap()), Some(seq));
+        }
+        let leaves: Vec<_> =
+            got.iter().filter(|(i, ..)| *i == IndexFamily::LeafIndex).map(|(_, k, _)| k.clone()).collect();
+        assert_eq!(leaves.len(), 7);
+        assert!(leaves.windows(2).all(|w| w[0] < w[1]));
+        let parties: Vec<_> =
+            got.iter().filter(|(i, ..)| *i == IndexFamily::Parties).map(|(_, k, _)| k.clone()).collect();
+        assert_eq!(parties.len(), 14);
+        assert!(parties.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_slice_keeps_pace_with_the_run() {
+        let mut part = Part::starting_at(0);
+        part.add(&records(0, 1000));
+        let run = Run::of(&part);
+        // 4 records an entry: a group of 100 entries writes 800 of the run's 4000.
+        assert_eq!(run.slice_len(100, false), 800);
+        assert_eq!(run.slice_len(1, false), RUN_SLICE_MIN);
+        assert_eq!(run.slice_len(1, true), 4000);
+    }
+}
