@@ -19,7 +19,7 @@ use tally_core::kinds::Role;
 use tally_core::submission::{self, BodyError};
 use tally_core::tile::TilePath;
 use tally_ledger::{Outcome, Position};
-use tally_settlement::terms::format_amount;
+use tally_settlement::terms::{display_amount, format_amount};
 use tally_settlement::{Account, Charge, Posting};
 
 use crate::AppState;
@@ -42,31 +42,70 @@ fn amount(state: &AppState, minor: i128) -> String {
     format_amount(minor, state.asset_scale())
 }
 
+// The per-entry answers below are written straight into the response: a submission
+// answers every receipt with its hashes, charge and postings, and making a `String` of each
+// first was most of the request threads' allocations (perf).
+
+/// A 32-byte hash as lowercase hex.
+#[derive(Debug, Clone, Copy)]
+struct HexHash(Hash);
+
+impl Serialize for HexHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).expect("64 digits for 32 bytes");
+        s.serialize_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
+    }
+}
+
+/// An amount in minor units, as a decimal at the asset's scale (as [`amount`] writes it).
+#[derive(Debug, Clone, Copy)]
+struct Amount {
+    minor: i128,
+    scale: u8,
+}
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&display_amount(self.minor, self.scale))
+    }
+}
+
+fn amount_of(state: &AppState, minor: i128) -> Amount {
+    Amount { minor, scale: state.asset_scale() }
+}
+
+/// Serialize with `Display` (an account as its label).
+fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
 #[derive(Debug, Serialize)]
 pub struct PostingView {
-    account: String,
-    amount: String,
+    #[serde(serialize_with = "display")]
+    account: Account,
+    amount: Amount,
 }
 
 fn postings_view(state: &AppState, postings: &[Posting]) -> Vec<PostingView> {
-    postings.iter().map(|p| PostingView { account: p.account.label(), amount: amount(state, p.amount) }).collect()
+    postings.iter().map(|p| PostingView { account: p.account, amount: amount_of(state, p.amount) }).collect()
 }
 
 #[derive(Debug, Serialize)]
 pub struct ChargeView {
-    contract: String,
+    contract: HexHash,
     period: u32,
-    amount: String,
-    fee: String,
+    amount: Amount,
+    fee: Amount,
     flags: Vec<&'static str>,
 }
 
 fn charge_view(state: &AppState, contract: &Hash, period: u32, c: &Charge) -> ChargeView {
     ChargeView {
-        contract: hex::encode(contract),
+        contract: HexHash(*contract),
         period,
-        amount: amount(state, i128::from(c.amount)),
-        fee: amount(state, i128::from(c.fee)),
+        amount: amount_of(state, i128::from(c.amount)),
+        fee: amount_of(state, i128::from(c.fee)),
         flags: c.flags(),
     }
 }
@@ -83,11 +122,11 @@ pub struct EntryResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    leaf_hash: Option<String>,
+    leaf_hash: Option<HexHash>,
     #[serde(skip_serializing_if = "Option::is_none")]
     time_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    receipt_id: Option<String>,
+    receipt_id: Option<HexHash>,
     #[serde(skip_serializing_if = "Option::is_none")]
     charge: Option<ChargeView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,7 +275,7 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
 
 fn position_fields(r: &mut EntryResult, p: &Position) {
     r.seq = Some(p.seq);
-    r.leaf_hash = Some(hex::encode(p.leaf_hash));
+    r.leaf_hash = Some(HexHash(p.leaf_hash));
     r.time_ms = Some(p.time_ms);
 }
 
@@ -248,7 +287,7 @@ fn outcome_view(
     outcome: Outcome,
 ) -> Result<EntryResult, Problem> {
     let mut r =
-        EntryResult { index, kind: Some(kind.as_str()), receipt_id: receipt_id.map(hex::encode), ..Default::default() };
+        EntryResult { index, kind: Some(kind.as_str()), receipt_id: receipt_id.map(HexHash), ..Default::default() };
     match outcome {
         Outcome::Appended(p, effect) => {
             state.metrics.appended.add(kind.as_str(), 1);

@@ -33,19 +33,9 @@ pub enum Account {
 }
 
 impl Account {
-    /// A stable text form, e.g. `escrow:7`, used in APIs and reports.
+    /// A stable text form, e.g. `escrow:7`, used in APIs and reports (also its `Display`).
     pub fn label(&self) -> String {
-        match self {
-            Account::World => "world".into(),
-            Account::Escrow(id) => format!("escrow:{id}"),
-            Account::Payable(id) => format!("payable:{id}"),
-            Account::Partner(id) => format!("partner:{id}"),
-            Account::Clearing(id) => format!("clearing:{id}"),
-            Account::Fee => "fee".into(),
-            Account::Unclaimed => "unclaimed".into(),
-            Account::Pool(seq) => format!("pool:{seq}"),
-            Account::InFlight => "in-flight".into(),
-        }
+        self.to_string()
     }
 
     /// Parse [`Account::label`] back.
@@ -79,7 +69,17 @@ impl Account {
 
 impl std::fmt::Display for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.label())
+        match self {
+            Account::World => f.write_str("world"),
+            Account::Escrow(id) => write!(f, "escrow:{id}"),
+            Account::Payable(id) => write!(f, "payable:{id}"),
+            Account::Partner(id) => write!(f, "partner:{id}"),
+            Account::Clearing(id) => write!(f, "clearing:{id}"),
+            Account::Fee => f.write_str("fee"),
+            Account::Unclaimed => f.write_str("unclaimed"),
+            Account::Pool(seq) => write!(f, "pool:{seq}"),
+            Account::InFlight => f.write_str("in-flight"),
+        }
     }
 }
 

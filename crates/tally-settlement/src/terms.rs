@@ -140,7 +140,12 @@ pub fn parse_amount(text: &str, scale: u8) -> Result<u64, String> {
 /// Minor units at `scale` written in whole units, e.g. `12500000` at 6 → `"12.5"`... always
 /// with exactly `scale` places: `"12.500000"`.
 pub fn format_amount(minor: i128, scale: u8) -> String {
-    Decimal::from_i128_with_scale(minor, u32::from(scale)).to_string()
+    display_amount(minor, scale).to_string()
+}
+
+/// What [`format_amount`] writes, without making a `String` of it.
+pub fn display_amount(minor: i128, scale: u8) -> impl std::fmt::Display {
+    Decimal::from_i128_with_scale(minor, u32::from(scale))
 }
 
 fn dec(field: &str, text: Option<&String>) -> Result<Dec, TermsError> {
