@@ -7,16 +7,17 @@
 //! for each: a third of the sequencer's time at half load.
 //!
 //! So a group no longer writes them. It writes one **journal record** instead, keyed by
-//! the group's first sequence number (so it is appended in order, cheaply), holding the
-//! same index records, in the same synced batch as its entries. The records also go into
-//! an in-memory [`Window`], which every index lookup consults before the store. Once the
+//! the group's first sequence number (so it is appended in order, cheaply), in the same
+//! synced batch as its entries: its entry count and its `parties` records (idempotency
+//! keys and leaf hashes are in the entries and leaf records themselves). The index records
+//! go into an in-memory [`Window`], which every index lookup consults before the store. Once the
 //! window holds [`INDEX_RUN_ENTRIES`] entries it is frozen, sorted on a helper thread into
 //! a [`Run`], and written out a slice at a time with the following groups: keys sorted and
 //! dense land next to each other in the memtable. The group that writes a run's last slice
 //! also deletes the run's journal records and moves `meta/indexed` past it, atomically.
 //!
-//! On open, the window is rebuilt from the journal records from `meta/indexed` on, and
-//! checked against the entries and leaf records. A clean shutdown writes the whole window
+//! On open, the window is rebuilt from the journal records from `meta/indexed` on, which
+//! must cover the rest of the log group by group, and from the entries and leaf records. A clean shutdown writes the whole window
 //! out. The layout is in `specs/storage.md`.
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ const PART_CAPACITY_MAX: u64 = 1 << 20;
 const RUN_SLICE_MIN: usize = 256;
 const RUN_SLICE_PACE: u64 = 2;
 
-/// The index records of one group's appended entries: a journal record.
+/// The index records of one group's appended entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Records {
     /// Sequence number of the first entry; the entries are `first..first + dedup.len()`.
@@ -64,19 +65,11 @@ impl Records {
         self.first + self.dedup.len() as u64
     }
 
-    /// Journal value: entry count n (u32 BE), n idempotency keys (32 bytes each), n leaf
-    /// hash prefixes (8 bytes each), party count m (u32 BE), m (participant, sequence
-    /// number) pairs (u64 BE each).
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let n = self.dedup.len();
-        let mut out = Vec::with_capacity(8 + n * 40 + self.parties.len() * 16);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-        for id in &self.dedup {
-            out.extend_from_slice(id);
-        }
-        for prefix in &self.leaves {
-            out.extend_from_slice(prefix);
-        }
+    /// The group's journal record: entry count n (u32 BE), party count m (u32 BE), m
+    /// (participant, sequence number) pairs (u64 BE each).
+    pub(crate) fn journal_record(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.parties.len() * 16);
+        out.extend_from_slice(&(self.dedup.len() as u32).to_be_bytes());
         out.extend_from_slice(&(self.parties.len() as u32).to_be_bytes());
         for (party, seq) in &self.parties {
             out.extend_from_slice(&party.to_be_bytes());
@@ -84,43 +77,46 @@ impl Records {
         }
         out
     }
+}
 
+/// A group's journal record, read back: its entries are `first..first + entries`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JournalRecord {
+    pub first: u64,
+    pub entries: u64,
+    pub parties: Vec<(u64, u64)>,
+}
+
+impl JournalRecord {
     /// Decode the journal record of the group starting at `first`; every party record must
     /// name one of its entries.
     pub(crate) fn decode(first: u64, bytes: &[u8]) -> Result<Self, LedgerError> {
         let bad = |why: &str| LedgerError::Corrupted(format!("index journal record {first}: {why}"));
-        let mut at = 0;
-        let mut take = |len: usize| -> Result<&[u8], LedgerError> {
-            let part = bytes.get(at..at + len).ok_or_else(|| bad("truncated"))?;
-            at += len;
-            Ok(part)
+        let count = |at: usize| -> Result<u64, LedgerError> {
+            let b = bytes.get(at..at + 4).ok_or_else(|| bad("truncated"))?;
+            Ok(u64::from(u32::from_be_bytes(b.try_into().expect("4 bytes"))))
         };
-        let u32_at = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
-        let u64_at = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
-        let n = u32_at(take(4)?);
-        if n == 0 {
+        let (entries, parties) = (count(0)?, count(4)?);
+        if entries == 0 {
             return Err(bad("no entries"));
         }
-        let mut records = Self::starting_at(first);
-        for _ in 0..n {
-            records.dedup.push(take(32)?.try_into().expect("32 bytes"));
+        if bytes.len() as u64 != 8 + parties * 16 {
+            return Err(bad("its length does not match its party count"));
         }
-        for _ in 0..n {
-            records.leaves.push(take(8)?.try_into().expect("8 bytes"));
-        }
-        let m = u32_at(take(4)?);
-        for _ in 0..m {
-            let pair = take(16)?;
+        let u64_at = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        let mut record = Self { first, entries, parties: Vec::with_capacity(parties as usize) };
+        for pair in bytes[8..].chunks_exact(16) {
             let (party, seq) = (u64_at(&pair[..8]), u64_at(&pair[8..]));
-            if !(first..records.end()).contains(&seq) {
+            if !(first..record.end()).contains(&seq) {
                 return Err(bad("a party record names an entry outside the group"));
             }
-            records.parties.push((party, seq));
+            record.parties.push((party, seq));
         }
-        if at != bytes.len() {
-            return Err(bad("trailing bytes"));
-        }
-        Ok(records)
+        Ok(record)
+    }
+
+    pub(crate) fn end(&self) -> u64 {
+        self.first + self.entries
     }
 }
 
@@ -337,13 +333,15 @@ mod tests {
     #[test]
     fn journal_records_round_trip_and_refuse_damage() {
         let r = records(40, 5);
-        let bytes = r.encode();
-        assert_eq!(Records::decode(40, &bytes).unwrap(), r);
-        assert!(Records::decode(40, &bytes[..bytes.len() - 1]).is_err(), "truncated");
-        assert!(Records::decode(40, &[bytes.as_slice(), &[0]].concat()).is_err(), "trailing byte");
+        let bytes = r.journal_record();
+        assert_eq!(bytes.len(), 8 + 10 * 16);
+        let back = JournalRecord::decode(40, &bytes).unwrap();
+        assert_eq!(back, JournalRecord { first: 40, entries: 5, parties: r.parties.clone() });
+        assert!(JournalRecord::decode(40, &bytes[..bytes.len() - 1]).is_err(), "truncated");
+        assert!(JournalRecord::decode(40, &[bytes.as_slice(), &[0]].concat()).is_err(), "trailing byte");
         // Read as another group's record, its party records name entries outside it.
-        assert!(Records::decode(41, &bytes).is_err());
-        assert!(Records::decode(40, &Records::starting_at(40).encode()).is_err(), "empty record");
+        assert!(JournalRecord::decode(41, &bytes).is_err());
+        assert!(JournalRecord::decode(40, &Records::starting_at(40).journal_record()).is_err(), "empty record");
     }
 
     #[test]

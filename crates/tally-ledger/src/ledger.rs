@@ -558,42 +558,49 @@ fn check_indexes(store: &Store, indexed: u64) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// Rebuild the index window from the index journal records from `indexed` on, checked
-/// against the log: they must cover `indexed..size` exactly, group after group, and name
-/// each entry's own idempotency key and leaf hash. A lost or damaged journal record would
+/// Rebuild the index window from the index journal records from `indexed` on, which must
+/// cover `indexed..size` exactly, group after group, and from the entries and leaf records
+/// they cover (idempotency keys and leaf hashes). A lost or damaged journal record would
 /// otherwise lose index records (and let a receipt be charged twice) as surely as a lost
 /// `dedup` record.
 fn rebuild_window(store: &Store, indexed: u64, size: u64) -> Result<Window, LedgerError> {
     const CHUNK: u64 = 4096;
     let journal = store.journal(indexed)?;
-    let mut window = Window::starting_at(indexed);
-    for records in &journal {
-        let at = window.filling_end();
-        if records.first != at || records.end() > size {
+    let mut at = indexed;
+    for record in &journal {
+        if record.first != at || record.end() > size {
             return Err(corrupted(format!(
                 "the index journal has a record for entries {}..{} where one from {at} (below {size}) was due",
-                records.first,
-                records.end()
+                record.first,
+                record.end()
             )));
         }
-        window.filling.add(records);
+        at = record.end();
     }
-    if window.filling_end() != size {
+    if at != size {
         return Err(corrupted(format!(
-            "the index journal ends at entry {} but the log at {size}: index records are lost",
-            window.filling_end()
+            "the index journal ends at entry {at} but the log at {size}: index records are lost"
         )));
     }
-    let mut expected = journal.iter().flat_map(|r| r.dedup.iter().zip(&r.leaves));
+    // Each group's idempotency keys and leaf hash prefixes, from its entries and leaves.
+    let mut window = Window::starting_at(indexed);
+    let mut groups = journal.into_iter();
+    let mut group: Option<(Records, u64)> = None;
     let mut from = indexed;
     while from < size {
         let end = (from + CHUNK).min(size);
         for (seq, (leaf, entry)) in (from..).zip(store.export(from, end, usize::MAX)?) {
             let entry = Entry::decode(&entry).map_err(|e| corrupted(format!("entry {seq}: {e}")))?;
             let leaf = LeafRecord::decode(&leaf).map_err(|e| corrupted(format!("leaf {seq}: {e}")))?;
-            let (id, prefix) = expected.next().expect("the journal covers the log");
-            if *id != entry.dedup_id() || *prefix != leaf_prefix(&leaf.leaf_hash()) {
-                return Err(corrupted(format!("the index journal's record for entry {seq} does not match the entry")));
+            let (records, entries) = group.get_or_insert_with(|| {
+                let j = groups.next().expect("the journal covers the log");
+                (Records { first: j.first, parties: j.parties, ..Records::default() }, j.entries)
+            });
+            records.dedup.push(entry.dedup_id());
+            records.leaves.push(leaf_prefix(&leaf.leaf_hash()));
+            if records.dedup.len() as u64 == *entries {
+                window.filling.add(records);
+                group = None;
             }
         }
         from = end;
@@ -787,7 +794,12 @@ impl Sequencer {
         let mut run_written = None;
         if !group.records.is_empty() {
             let records = &group.records;
-            self.store.batch_put(&mut group.batch, CF_INDEX_JOURNAL, &seq_key(records.first), &records.encode());
+            self.store.batch_put(
+                &mut group.batch,
+                CF_INDEX_JOURNAL,
+                &seq_key(records.first),
+                &records.journal_record(),
+            );
             run_written = self.write_run_slice(&mut group.batch, records.dedup.len() as u64);
         }
         self.store.batch_put(&mut group.batch, CF_META, META_SIZE, &size.to_be_bytes());

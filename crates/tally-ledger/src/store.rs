@@ -407,13 +407,13 @@ impl Store {
     }
 
     /// The index journal records from entry `from` on, in order.
-    pub(crate) fn journal(&self, from: u64) -> Result<Vec<crate::index::Records>, LedgerError> {
+    pub(crate) fn journal(&self, from: u64) -> Result<Vec<crate::index::JournalRecord>, LedgerError> {
         let iter =
             self.db.iterator_cf(self.cf(CF_INDEX_JOURNAL), IteratorMode::From(&seq_key(from), Direction::Forward));
         let mut out = Vec::new();
         for item in iter {
             let (k, v) = item?;
-            out.push(crate::index::Records::decode(be_u64(&k, "index journal key")?, &v)?);
+            out.push(crate::index::JournalRecord::decode(be_u64(&k, "index journal key")?, &v)?);
         }
         Ok(out)
     }
