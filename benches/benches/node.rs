@@ -4,7 +4,8 @@
 //! memory are its own; the load generator pre-signs every receipt before anything is timed
 //! (signing costs as much as verifying). In one run it prints:
 //!
-//! * the machine's ceiling: batch Ed25519 verification on every core;
+//! * the machine's ceiling: batch Ed25519 verification on every core (measured again after
+//!   the latency phase, since the machine's speed drifts);
 //! * sustained ingest over HTTP (receipts/s) and its ratio to the ceiling;
 //! * acknowledgement latency p50/p99/p999 at 50% of that peak, offered at a fixed rate,
 //!   then where it went (the node's histograms) and the node's CPU per receipt in that
@@ -139,6 +140,13 @@ fn main() {
     // what smaller requests at a lower rate cost.
     println!("  node CPU per receipt (us): {}", cpu_per_receipt(&cpu_before, &cpu_after, latency_part.len()));
     println!("  load generator CPU per receipt (us): {:.1}", load_cpu(own_before, latency_part.len()));
+    // The machine's speed drifts (other tenants): the ceiling again, now that the latency
+    // phase is over, says whether it ran on the machine the peak was measured on.
+    let ceiling_after = tally_benches::ceiling(&receipts[..count.min(40_000)]);
+    println!(
+        "ceiling again, after the latency phase                 {ceiling_after:>10.0} receipts/s  ({:+.0}%)",
+        (ceiling_after / ceiling - 1.0) * 100.0
+    );
     let rss = tally_benches::peak_rss(node.process.id()).unwrap_or(0);
     println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
     let t = Instant::now();
