@@ -214,7 +214,8 @@ impl Ledger {
         let store = Store::open(dir)?;
         let recovered = recover(&store)?;
         let size = recovered.frontier.size();
-        let indexed = match store.indexed()? {
+        let stored_indexed = store.indexed()?;
+        let indexed = match stored_indexed {
             Some(indexed) if indexed <= size => indexed,
             Some(indexed) => {
                 return Err(corrupted(format!("index records are written to {indexed}, past the log's {size}")));
@@ -254,7 +255,7 @@ impl Ledger {
         let Some(signing_key) = config.signing_key else {
             return Ok(Self { store, published, tx: None, thread: None, background: None });
         };
-        if store.indexed()?.is_none() {
+        if stored_indexed.is_none() {
             // From here on index records may be journaled; recovery must know where from.
             let mut batch = WriteBatch::default();
             store.batch_put(&mut batch, CF_META, META_INDEXED, &size.to_be_bytes());
@@ -528,15 +529,8 @@ fn check_indexes(store: &Store, indexed: u64) -> Result<(), LedgerError> {
     let mut from = indexed.saturating_sub(INDEX_CHECK_ENTRIES);
     while from < indexed {
         let end = (from + CHUNK).min(indexed);
-        let pairs = store.export(from, end, usize::MAX)?;
-        let mut ids = Vec::with_capacity(pairs.len());
-        let mut leaf_keys = Vec::with_capacity(pairs.len());
-        for (seq, (leaf, entry)) in (from..).zip(&pairs) {
-            let entry = Entry::decode(entry).map_err(|e| corrupted(format!("entry {seq}: {e}")))?;
-            let leaf = LeafRecord::decode(leaf).map_err(|e| corrupted(format!("leaf {seq}: {e}")))?;
-            ids.push(entry.dedup_id());
-            leaf_keys.push(leaf_index_key(&leaf.leaf_hash(), seq));
-        }
+        let (ids, leaf_hashes): (Vec<Hash>, Vec<Hash>) = logged_keys(store, from, end)?.into_iter().unzip();
+        let leaf_keys: Vec<[u8; 16]> = (from..).zip(&leaf_hashes).map(|(seq, h)| leaf_index_key(h, seq)).collect();
         for ((seq, found), id) in (from..).zip(store.dedup_many(&ids)?).zip(&ids) {
             // An entry's idempotency key points at it: a second one with the same key is
             // answered as a duplicate, never appended.
@@ -589,15 +583,13 @@ fn rebuild_window(store: &Store, indexed: u64, size: u64) -> Result<Window, Ledg
     let mut from = indexed;
     while from < size {
         let end = (from + CHUNK).min(size);
-        for (seq, (leaf, entry)) in (from..).zip(store.export(from, end, usize::MAX)?) {
-            let entry = Entry::decode(&entry).map_err(|e| corrupted(format!("entry {seq}: {e}")))?;
-            let leaf = LeafRecord::decode(&leaf).map_err(|e| corrupted(format!("leaf {seq}: {e}")))?;
+        for (id, leaf_hash) in logged_keys(store, from, end)? {
             let (records, entries) = group.get_or_insert_with(|| {
                 let j = groups.next().expect("the journal covers the log");
                 (Records { first: j.first, parties: j.parties, ..Records::default() }, j.entries)
             });
-            records.dedup.push(entry.dedup_id());
-            records.leaves.push(leaf_prefix(&leaf.leaf_hash()));
+            records.dedup.push(id);
+            records.leaves.push(leaf_prefix(&leaf_hash));
             if records.dedup.len() as u64 == *entries {
                 window.filling.add(records);
                 group = None;
@@ -606,6 +598,19 @@ fn rebuild_window(store: &Store, indexed: u64, size: u64) -> Result<Window, Ledg
         from = end;
     }
     Ok(window)
+}
+
+/// Each entry's idempotency key and leaf hash, from the stored entries and leaf records
+/// `from..end`: what its `dedup` and `leaf_index` records hold.
+fn logged_keys(store: &Store, from: u64, end: u64) -> Result<Vec<(Hash, Hash)>, LedgerError> {
+    (from..)
+        .zip(store.export(from, end, usize::MAX)?)
+        .map(|(seq, (leaf, entry))| {
+            let entry = Entry::decode(&entry).map_err(|e| corrupted(format!("entry {seq}: {e}")))?;
+            let leaf = LeafRecord::decode(&leaf).map_err(|e| corrupted(format!("leaf {seq}: {e}")))?;
+            Ok((entry.dedup_id(), leaf.leaf_hash()))
+        })
+        .collect()
 }
 
 fn index_cf(index: IndexFamily) -> &'static str {
