@@ -234,7 +234,7 @@ async fn submission_settles_and_retries_are_idempotent() {
 async fn bad_input_gets_specific_problems() {
     let node = start_with(None, |c| {
         c.body_bytes_max = Some(64 * 1024);
-        c.entries_per_request_max = Some(16);
+        c.entries_per_request_max = Some(70);
     })
     .await;
     standard(&node).await;
@@ -248,7 +248,7 @@ async fn bad_input_gets_specific_problems() {
     assert_eq!((s, code(&v)), (400, "malformed-json"));
     let (s, _, v) = node.raw("application/json", b"{\"entries\": []}".to_vec()).await;
     assert_eq!((s, code(&v)), (400, "empty-batch"));
-    let many = json!({ "entries": vec!["AA=="; 17] }).to_string().into_bytes();
+    let many = json!({ "entries": vec!["AA=="; 71] }).to_string().into_bytes();
     let (s, _, v) = node.raw("application/json", many).await;
     assert_eq!((s, code(&v)), (413, "too-many-entries"));
     let (s, _, v) = node.raw("application/json", vec![b' '; 65 * 1024]).await;
@@ -286,6 +286,45 @@ async fn bad_input_gets_specific_problems() {
     ];
     assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
     assert_eq!(node.node.state().ledger.size(), size + 1, "only the good entry was logged");
+    let statuses = |v: &Value| -> Vec<(u64, String, String)> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let field = |k: &str| r[k].as_str().unwrap_or("").to_string();
+                (r["index"].as_u64().unwrap(), field("status"), field("code"))
+            })
+            .collect()
+    };
+    // Nothing valid: nothing is queued, and each entry is still answered.
+    let body = json!({ "entries": [B64.encode(&bad_sig), "not base64!"] });
+    let (s, _, v) = node.raw("application/json", body.to_string().into_bytes()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        statuses(&v),
+        [(0, "invalid".into(), "bad-signature".into()), (1, "invalid".into(), "malformed-base64".into())]
+    );
+    assert_eq!(node.node.state().ledger.size(), size + 1);
+    // A large submission is verified in parts, one per pool thread, and queued once they are
+    // all done (a small one is queued by the thread that verified it): the answers are in
+    // request order either way, bad entries in any part named.
+    let mut many: Vec<Vec<u8>> =
+        (0..70u64).map(|i| receipt(&lab_key(1), 1, 1000 + i, [i as u8 + 100; 16]).as_bytes().to_vec()).collect();
+    for bad in [3, 50] {
+        many[bad][40] ^= 1;
+    }
+    let body = json!({ "entries": many.iter().map(|e| B64.encode(e)).collect::<Vec<_>>() });
+    let (s, _, v) = node.raw("application/json", body.to_string().into_bytes()).await;
+    assert_eq!(s, 200, "{v}");
+    let want: Vec<(u64, String, String)> = (0..70u64)
+        .map(|i| match i {
+            3 | 50 => (i, "invalid".into(), "bad-signature".into()),
+            _ => (i, "appended".into(), String::new()),
+        })
+        .collect();
+    assert_eq!(statuses(&v), want);
+    assert_eq!(node.node.state().ledger.size(), size + 69);
     let r = node.get("/no/such/path").await;
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(code(&r.json().await.unwrap()), "not-found");

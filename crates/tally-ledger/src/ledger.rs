@@ -164,7 +164,8 @@ impl GenesisInfo {
     }
 }
 
-type AppendReply = oneshot::Sender<Result<Vec<Outcome>, LedgerError>>;
+/// Where a queued append's answer goes.
+pub type AppendReply = oneshot::Sender<Result<Vec<Outcome>, LedgerError>>;
 type CheckpointReply = oneshot::Sender<Result<Option<(u64, String)>, LedgerError>>;
 
 enum Command {
@@ -370,12 +371,22 @@ impl Ledger {
         &self,
         entries: Vec<VerifiedEntry>,
     ) -> Result<oneshot::Receiver<Result<Vec<Outcome>, LedgerError>>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.append_to(entries, reply)?;
+        Ok(rx)
+    }
+
+    /// Queue verified entries for appending now, from whatever thread calls this; the
+    /// answer (as from [`Ledger::append`]) is sent on `reply` once they are durable. On an
+    /// error nothing was queued and `reply` is dropped unanswered.
+    ///
+    /// The node's verification threads queue a submission this way as soon as its
+    /// signatures check out, rather than handing it back to the request's task first.
+    pub fn append_to(&self, entries: Vec<VerifiedEntry>, reply: AppendReply) -> Result<(), LedgerError> {
         if entries.len() > ENTRIES_PER_APPEND_MAX {
             return Err(LedgerError::TooManyEntries { len: entries.len(), max: ENTRIES_PER_APPEND_MAX });
         }
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Append(entries, reply))?;
-        Ok(rx)
+        self.send(Command::Append(entries, reply))
     }
 
     /// Append verified entries; the answer (one outcome per entry, in order) comes once

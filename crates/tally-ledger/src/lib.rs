@@ -13,8 +13,8 @@ mod store;
 
 pub use error::LedgerError;
 pub use ledger::{
-    Clock, ENTRIES_PER_APPEND_MAX, GROUP_ENTRIES_MAX, GenesisInfo, GroupObserver, GroupStats, Ledger, LedgerConfig,
-    MIN_FREE_BYTES_DEFAULT, Outcome, Position, QUEUE_REQUESTS_MAX, system_clock,
+    AppendReply, Clock, ENTRIES_PER_APPEND_MAX, GROUP_ENTRIES_MAX, GenesisInfo, GroupObserver, GroupStats, Ledger,
+    LedgerConfig, MIN_FREE_BYTES_DEFAULT, Outcome, Position, QUEUE_REQUESTS_MAX, system_clock,
 };
 pub use store::{BLOCK_CACHE_BYTES, Backlog, MEMTABLES_BYTES_MAX, Store, StoreMemory};
 pub use tally_settlement::Rejection;

@@ -18,7 +18,7 @@ use tally_core::entry::{Body as EntryBody, Entry, EntryKind, LeafRecord, Usage, 
 use tally_core::kinds::Role;
 use tally_core::submission::{self, BodyError};
 use tally_core::tile::TilePath;
-use tally_ledger::{Outcome, Position};
+use tally_ledger::{LedgerError, Outcome, Position};
 use tally_settlement::terms::{display_amount, format_amount};
 use tally_settlement::{Account, Charge, Posting};
 
@@ -26,6 +26,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::config::PAGE_ENTRIES_MAX;
 use crate::problem::Problem;
+use crate::verify;
 
 /// Submissions with at least this many entries are verified in parts, one per pool thread.
 const PARALLEL_VERIFY_MIN: usize = 64;
@@ -233,37 +234,12 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
     })?;
     state.metrics.batch_entries.observe(raw.len() as f64);
     let count = raw.len();
-    let started = Instant::now();
-    // A large submission is verified in parts on the pool's threads (one per core), so one
-    // request is not held to one core's speed; the parts queue behind earlier requests'.
-    let mut raw = raw;
-    let parts = if raw.len() >= PARALLEL_VERIFY_MIN { state.verifier.threads() } else { 1 };
-    let part = raw.len().div_ceil(parts).max(1);
-    let mut pending = Vec::with_capacity(parts);
-    while !raw.is_empty() {
-        let rest = raw.split_off(part.min(raw.len()));
-        let offset = count - raw.len() - rest.len();
-        let chunk = std::mem::replace(&mut raw, rest);
-        pending.push(state.verifier.run(move || check_entries(chunk, offset)));
-    }
-    let (mut valid, mut results) = (Vec::with_capacity(count), Vec::new());
-    for p in pending {
-        let (v, r) =
-            p.await.map_err(|_| Problem::unavailable("verification-failed", "verification did not complete"))?;
-        valid.extend(v);
-        results.extend(r);
-    }
-    state.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
-    for r in &results {
-        state.metrics.invalid.add(r.code.unwrap_or("invalid"), 1);
-    }
-    if !valid.is_empty() {
-        let (indices, entries): (Vec<usize>, Vec<VerifiedEntry>) = valid.into_iter().unzip();
-        let kinds: Vec<EntryKind> = entries.iter().map(|e| e.kind()).collect();
-        let receipt_ids: Vec<Option<Hash>> = entries.iter().map(|e| e.receipt_id()).collect();
-        let started = Instant::now();
-        let outcomes = state.ledger.append(entries).await?;
-        state.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    let (mut results, appended) = if count < PARALLEL_VERIFY_MIN {
+        verify_and_queue(&state, raw).await?
+    } else {
+        verify_then_queue(&state, raw).await?
+    };
+    if let Some((Valid { indices, kinds, receipt_ids }, outcomes)) = appended {
         for (((index, kind), receipt_id), outcome) in indices.into_iter().zip(kinds).zip(receipt_ids).zip(outcomes) {
             results.push(outcome_view(&state, index, kind, receipt_id, outcome)?);
         }
@@ -271,6 +247,103 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
     results.sort_by_key(|r| r.index);
     debug_assert_eq!(results.len(), count);
     Ok(Json(SubmitResponse { results }))
+}
+
+/// What a submission's answer needs from its valid entries once they are queued.
+struct Valid {
+    indices: Vec<usize>,
+    kinds: Vec<EntryKind>,
+    receipt_ids: Vec<Option<Hash>>,
+}
+
+impl Valid {
+    /// Split verified entries (with their request index) into what the answer needs and
+    /// the entries to queue.
+    fn split(valid: Vec<(usize, VerifiedEntry)>) -> (Self, Vec<VerifiedEntry>) {
+        let (indices, entries): (Vec<usize>, Vec<VerifiedEntry>) = valid.into_iter().unzip();
+        let kinds = entries.iter().map(|e| e.kind()).collect();
+        let receipt_ids = entries.iter().map(|e| e.receipt_id()).collect();
+        (Self { indices, kinds, receipt_ids }, entries)
+    }
+}
+
+/// Invalid entries' results, and the valid entries with the sequencer's outcomes for them.
+type Answered = (Vec<EntryResult>, Option<(Valid, Vec<Outcome>)>);
+
+fn pool_closed(_: verify::PoolClosed) -> Problem {
+    Problem::unavailable("verification-failed", "verification did not complete")
+}
+
+fn count_invalid(state: &AppState, results: &[EntryResult]) {
+    for r in results {
+        state.metrics.invalid.add(r.code.unwrap_or("invalid"), 1);
+    }
+}
+
+/// A small submission: one pool thread verifies it and queues its valid entries for the
+/// sequencer at once, from that thread. The request's task is woken by the sequencer's
+/// answer (or, when nothing was queued, by the verdicts), not in between.
+async fn verify_and_queue(state: &Arc<AppState>, raw: Vec<Result<Vec<u8>, &'static str>>) -> Result<Answered, Problem> {
+    let started = Instant::now();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job_state = state.clone();
+    let job = state.verifier.run(move || {
+        let (valid, invalid) = check_entries(raw, 0);
+        job_state.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+        if valid.is_empty() {
+            return (invalid, None);
+        }
+        let (valid, entries) = Valid::split(valid);
+        let queued = Instant::now();
+        (invalid, Some((valid, job_state.ledger.append_to(entries, reply).map(|()| queued))))
+    });
+    // The job sends its verdicts before the sequencer can answer, but this task waits for
+    // the answer first: nothing is waiting on the verdicts' channel then, so sending them
+    // wakes no one. With nothing queued, `reply` is dropped and the verdicts say why.
+    let answer = answer.await;
+    let (invalid, queued) = job.await.map_err(pool_closed)?;
+    count_invalid(state, &invalid);
+    let Some((valid, queued)) = queued else { return Ok((invalid, None)) };
+    let queued_at = queued?;
+    let outcomes = answer.map_err(|_| LedgerError::Closed)??;
+    state.metrics.commit_seconds.observe(queued_at.elapsed().as_secs_f64());
+    Ok((invalid, Some((valid, outcomes))))
+}
+
+/// A large submission: verified in parts on the pool's threads (one per core), so one
+/// request is not held to one core's speed; the parts queue behind earlier requests'. Its
+/// valid entries are queued together once every part is done.
+async fn verify_then_queue(
+    state: &Arc<AppState>,
+    mut raw: Vec<Result<Vec<u8>, &'static str>>,
+) -> Result<Answered, Problem> {
+    let count = raw.len();
+    let started = Instant::now();
+    let parts = state.verifier.threads();
+    let part = count.div_ceil(parts).max(1);
+    let mut pending = Vec::with_capacity(parts);
+    while !raw.is_empty() {
+        let rest = raw.split_off(part.min(raw.len()));
+        let offset = count - raw.len() - rest.len();
+        let chunk = std::mem::replace(&mut raw, rest);
+        pending.push(state.verifier.run(move || check_entries(chunk, offset)));
+    }
+    let (mut valid, mut invalid) = (Vec::with_capacity(count), Vec::new());
+    for p in pending {
+        let (v, r) = p.await.map_err(pool_closed)?;
+        valid.extend(v);
+        invalid.extend(r);
+    }
+    state.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+    count_invalid(state, &invalid);
+    if valid.is_empty() {
+        return Ok((invalid, None));
+    }
+    let (valid, entries) = Valid::split(valid);
+    let started = Instant::now();
+    let outcomes = state.ledger.append(entries).await?;
+    state.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+    Ok((invalid, Some((valid, outcomes))))
 }
 
 fn position_fields(r: &mut EntryResult, p: &Position) {
