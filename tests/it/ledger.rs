@@ -372,3 +372,49 @@ proptest! {
         prop_assert!(merkle::verify_consistency(size1, size, &root1, &root, &cproof).is_ok());
     }
 }
+
+/// The append queue is bounded: with the sequencer held inside a commit and the queue full,
+/// the next append is refused with `Busy` at once (its reply dropped unanswered), and every
+/// append queued before it is committed once the sequencer goes on.
+#[test]
+fn a_full_queue_refuses_appends_and_keeps_what_it_holds() {
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let (entered, in_commit) = mpsc::channel::<()>();
+    let (release, go_on) = mpsc::channel::<()>();
+    let hold = Arc::new(Mutex::new(Some((entered, go_on))));
+    let mut c = config();
+    let observer_hold = hold.clone();
+    // The first commit after set-up tells the test it is in and waits to be let go.
+    c.on_group = Some(Arc::new(move |stats: &tally_ledger::GroupStats| {
+        if stats.entries == 1
+            && let Some((entered, go_on)) = observer_hold.lock().unwrap().take()
+        {
+            entered.send(()).unwrap();
+            go_on.recv().unwrap();
+        }
+    }));
+    let ledger = Ledger::open(dir.path(), c).unwrap();
+    let size = set_up(&ledger, 1);
+    let (reply, first) = tokio::sync::oneshot::channel();
+    ledger.append_to(vec![verified(receipt(&lab_key(1), 1, 0, [0; 16]))], reply).unwrap();
+    in_commit.recv().unwrap();
+    let mut answers = Vec::new();
+    for i in 1..=tally_ledger::QUEUE_REQUESTS_MAX as u64 {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let r = verified(receipt(&lab_key(1), 1, i, (i as u128).to_be_bytes()));
+        ledger.append_to(vec![r], reply).unwrap();
+        answers.push(answer);
+    }
+    let (reply, refused) = tokio::sync::oneshot::channel();
+    let extra = verified(receipt(&lab_key(1), 1, 1 << 20, [0xee; 16]));
+    assert!(matches!(ledger.append_to(vec![extra], reply), Err(LedgerError::Busy)));
+    assert!(refused.blocking_recv().is_err(), "a refused append's reply is dropped unanswered");
+    release.send(()).unwrap();
+    assert_eq!(appended(&first.blocking_recv().unwrap().unwrap()), vec![size]);
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(appended(&answer.blocking_recv().unwrap().unwrap()), vec![size + 1 + i as u64]);
+    }
+    assert_eq!(ledger.size(), size + 1 + tally_ledger::QUEUE_REQUESTS_MAX as u64);
+}
