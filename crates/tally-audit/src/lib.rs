@@ -283,6 +283,12 @@ impl Auditor {
                 return;
             }
         }
+        // The chunk's writes go to the replayed store together: until then every read goes
+        // through the engine's overlay of pending writes, and neither the checks nor the
+        // state root read the store, so applying them per entry only re-encoded the same
+        // balances again and again.
+        let writes = self.engine.take_writes();
+        self.engine.store_mut().apply(writes);
     }
 
     fn apply(&mut self, seq: u64, record: &LeafRecord, leaf: &[u8], entry: &VerifiedEntry) -> bool {
@@ -313,8 +319,6 @@ impl Auditor {
                 }
             }
         }
-        let writes = self.engine.take_writes();
-        self.engine.store_mut().apply(writes);
         if let Err(e) = self.engine.check_money() {
             self.divergence = Some(fail(Some(seq), e));
             return false;
