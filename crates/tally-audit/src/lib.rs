@@ -15,6 +15,7 @@
 //! The first failure stops the replay and is reported with its sequence number.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 
 use serde::Serialize;
 use tally_core::Hash;
@@ -458,25 +459,147 @@ impl Auditor {
 
 /// Parse an export stream (`u32le len || leaf || u32le len || entry`, repeated) into
 /// records; `Err` names the byte offset where it is cut.
-pub fn parse_export(mut bytes: &[u8]) -> Result<Records, String> {
-    let mut out = Vec::new();
-    let mut offset = 0usize;
-    let take = |bytes: &mut &[u8], offset: &mut usize| -> Result<Vec<u8>, String> {
-        let (len, rest) =
-            bytes.split_first_chunk::<4>().ok_or(format!("export cut inside a length at byte {offset}"))?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(format!("export cut inside a record at byte {offset}"));
-        }
-        let v = rest[..len].to_vec();
-        *bytes = &rest[len..];
-        *offset += 4 + len;
-        Ok(v)
-    };
-    while !bytes.is_empty() {
-        let leaf = take(&mut bytes, &mut offset)?;
-        let entry = take(&mut bytes, &mut offset)?;
-        out.push((leaf, entry));
+pub fn parse_export(bytes: &[u8]) -> Result<Records, String> {
+    ExportRecords::new(bytes).collect()
+}
+
+/// The records of an export stream (`u32le len || leaf || u32le len || entry`, repeated),
+/// read one at a time, so an auditor need not hold the export in memory. An `Err` item
+/// names the byte offset where the stream is cut (or the read that failed) and ends it.
+#[derive(Debug)]
+pub struct ExportRecords<R> {
+    reader: R,
+    offset: u64,
+    done: bool,
+}
+
+impl<R: std::io::Read> ExportRecords<R> {
+    pub fn new(reader: R) -> Self {
+        Self { reader, offset: 0, done: false }
     }
-    Ok(out)
+
+    /// Bytes of the stream consumed by the records read so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next length-prefixed field; `None` only at a clean end before a record's first.
+    fn field(&mut self, first: bool) -> Result<Option<Vec<u8>>, String> {
+        let at = self.offset;
+        let mut len = [0u8; 4];
+        let mut got = 0;
+        while got < len.len() {
+            match self.reader.read(&mut len[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading the export at byte {at}: {e}")),
+            }
+        }
+        if got == 0 && first {
+            return Ok(None);
+        }
+        if got < len.len() {
+            return Err(format!("export cut inside a length at byte {at}"));
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        // Grown as bytes arrive, not allocated from the claimed length: a damaged length
+        // cannot ask for gigabytes.
+        let mut field = Vec::new();
+        let read = std::io::Read::take(&mut self.reader, len as u64)
+            .read_to_end(&mut field)
+            .map_err(|e| format!("reading the export at byte {at}: {e}"))?;
+        if read < len {
+            return Err(format!("export cut inside a record at byte {at}"));
+        }
+        self.offset += 4 + len as u64;
+        Ok(Some(field))
+    }
+}
+
+impl<R: std::io::Read> Iterator for ExportRecords<R> {
+    type Item = Result<(Vec<u8>, Vec<u8>), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let record = match self.field(true) {
+            Ok(None) => None,
+            Ok(Some(leaf)) => match self.field(false) {
+                Ok(entry) => Some(Ok((leaf, entry.expect("a record's second field is never the end")))),
+                Err(e) => Some(Err(e)),
+            },
+            Err(e) => Some(Err(e)),
+        };
+        self.done = !matches!(record, Some(Ok(_)));
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(records: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (leaf, entry) in records {
+            for field in [leaf, entry] {
+                out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+                out.extend_from_slice(field);
+            }
+        }
+        out
+    }
+
+    /// A reader that hands out at most `step` bytes a call, as a pipe or socket may.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_stream_one_at_a_time_with_their_offsets() {
+        let bytes = export(&[(b"leaf-0", b"entry-0"), (b"", b"e1"), (b"leaf-2", b"")]);
+        let mut records = ExportRecords::new(Trickle { bytes: &bytes, step: 3 });
+        assert_eq!(records.next(), Some(Ok((b"leaf-0".to_vec(), b"entry-0".to_vec()))));
+        assert_eq!(records.offset(), 4 + 6 + 4 + 7);
+        assert_eq!(records.next(), Some(Ok((Vec::new(), b"e1".to_vec()))));
+        assert_eq!(records.next(), Some(Ok((b"leaf-2".to_vec(), Vec::new()))));
+        assert_eq!(records.next(), None);
+        assert_eq!(records.offset(), bytes.len() as u64);
+        assert_eq!(parse_export(&bytes).unwrap().len(), 3);
+        assert_eq!(parse_export(&[]).unwrap(), Records::new());
+    }
+
+    #[test]
+    fn a_cut_export_is_an_error_at_the_cut_and_ends_the_stream() {
+        let bytes = export(&[(b"leaf-0", b"entry-0"), (b"leaf-1", b"entry-1")]);
+        let second = 4 + 6 + 4 + 7;
+        for (cut, want) in [
+            (second + 2, format!("export cut inside a length at byte {second}")),
+            (second + 4 + 3, format!("export cut inside a record at byte {second}")),
+            (second + 4 + 6 + 1, format!("export cut inside a length at byte {}", second + 4 + 6)),
+            (bytes.len() - 1, format!("export cut inside a record at byte {}", second + 4 + 6)),
+        ] {
+            let mut records = ExportRecords::new(&bytes[..cut]);
+            assert!(records.next().unwrap().is_ok());
+            assert_eq!(records.next(), Some(Err(want.clone())), "cut at {cut}");
+            assert_eq!(records.next(), None);
+            assert_eq!(parse_export(&bytes[..cut]), Err(want));
+        }
+        // A damaged length claiming 4 GiB is a cut record, read as far as the bytes go.
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(b"short");
+        assert_eq!(parse_export(&huge), Err("export cut inside a record at byte 0".to_string()));
+    }
 }

@@ -329,9 +329,11 @@ pub fn audit_dir(dir: &Path, pins: Pins, progress: bool) -> CliResult<Report> {
     if tiles_dir.exists() {
         collect_tiles(&tiles_dir, &tiles_dir, &mut tiles)?;
     }
-    let bytes = std::fs::read(dir.join("entries.bin"))?;
-    let records = tally_audit::parse_export(&bytes)?;
-    Ok(audit_records(pins, notes, tiles, &records, progress))
+    // Read record by record: the export is as large as the ledger.
+    let file = std::fs::File::open(dir.join("entries.bin"))?;
+    let total = file.metadata()?.len();
+    let records = tally_audit::ExportRecords::new(std::io::BufReader::with_capacity(1 << 20, file));
+    Ok(audit_records(pins, notes, tiles, records, total, progress)?)
 }
 
 fn collect_tiles(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> CliResult<()> {
@@ -347,32 +349,37 @@ fn collect_tiles(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> C
     Ok(())
 }
 
-/// Replay records with a progress line on a terminal.
-pub fn audit_records(
+/// Replay an export's records as they are read, with a progress line on a terminal (by
+/// bytes of the export's `total`). `Err` if the export is cut or unreadable.
+pub fn audit_records<R: std::io::Read>(
     pins: Pins,
     notes: Vec<String>,
     tiles: Vec<(String, Vec<u8>)>,
-    records: &[(Vec<u8>, Vec<u8>)],
+    mut records: tally_audit::ExportRecords<R>,
+    total: u64,
     progress: bool,
-) -> Report {
+) -> Result<Report, String> {
     use std::io::{IsTerminal, Write};
     let show = progress && std::io::stderr().is_terminal();
     let mut auditor = Auditor::new(pins, notes, tiles);
-    let total = records.len();
-    for (i, (leaf, entry)) in records.iter().enumerate() {
-        if !auditor.push(leaf, entry) {
+    let mut i = 0u64;
+    let bar = |done: u64| (done.min(total) * 40 / total.max(1)) as usize;
+    while let Some(record) = records.next() {
+        let (leaf, entry) = record?;
+        if !auditor.push(&leaf, &entry) {
             break;
         }
-        if show && i % 4096 == 0 {
-            let done = i * 40 / total.max(1);
-            eprint!("\raudit [{}{}] {i}/{total}", "#".repeat(done), " ".repeat(40 - done));
+        if show && i.is_multiple_of(4096) {
+            let done = bar(records.offset());
+            eprint!("\raudit [{}{}] {i} entries", "#".repeat(done), " ".repeat(40 - done));
             let _ = std::io::stderr().flush();
         }
+        i += 1;
     }
     if show {
-        eprintln!("\raudit [{}] {total}/{total}", "#".repeat(40));
+        eprintln!("\raudit [{}] {i} entries", "#".repeat(40));
     }
-    auditor.finish()
+    Ok(auditor.finish())
 }
 
 /// Where a command keeps a publisher's verified checkpoint by default.
