@@ -363,14 +363,13 @@ pub fn audit_records<R: std::io::Read>(
     let show = progress && std::io::stderr().is_terminal();
     let mut auditor = Auditor::new(pins, notes, tiles);
     let mut i = 0u64;
-    let bar = |done: u64| (done.min(total) * 40 / total.max(1)) as usize;
     while let Some(record) = records.next() {
         let (leaf, entry) = record?;
         if !auditor.push(&leaf, &entry) {
             break;
         }
         if show && i.is_multiple_of(4096) {
-            let done = bar(records.offset());
+            let done = (records.offset().min(total) * 40 / total.max(1)) as usize;
             eprint!("\raudit [{}{}] {i} entries", "#".repeat(done), " ".repeat(40 - done));
             let _ = std::io::stderr().flush();
         }
