@@ -28,9 +28,6 @@ use tally_settlement::state::state_root_of;
 use tally_settlement::terms::format_amount;
 use tally_settlement::{Engine, MemoryStore};
 
-/// Export records: (leaf record bytes, entry bytes), in log order.
-pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
-
 /// Entries verified together (split across cores), then applied in order.
 pub const CHUNK_ENTRIES: usize = 8192;
 
@@ -457,12 +454,6 @@ impl Auditor {
     }
 }
 
-/// Parse an export stream (`u32le len || leaf || u32le len || entry`, repeated) into
-/// records; `Err` names the byte offset where it is cut.
-pub fn parse_export(bytes: &[u8]) -> Result<Records, String> {
-    ExportRecords::new(bytes).collect()
-}
-
 /// The records of an export stream (`u32le len || leaf || u32le len || entry`, repeated),
 /// read one at a time, so an auditor need not hold the export in memory. An `Err` item
 /// names the byte offset where the stream is cut (or the read that failed) and ends it.
@@ -552,6 +543,12 @@ mod tests {
         out
     }
 
+    type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn parse(bytes: &[u8]) -> Result<Records, String> {
+        ExportRecords::new(bytes).collect()
+    }
+
     /// A reader that hands out at most `step` bytes a call, as a pipe or socket may.
     struct Trickle<'a> {
         bytes: &'a [u8],
@@ -577,8 +574,8 @@ mod tests {
         assert_eq!(records.next(), Some(Ok((b"leaf-2".to_vec(), Vec::new()))));
         assert_eq!(records.next(), None);
         assert_eq!(records.offset(), bytes.len() as u64);
-        assert_eq!(parse_export(&bytes).unwrap().len(), 3);
-        assert_eq!(parse_export(&[]).unwrap(), Records::new());
+        assert_eq!(parse(&bytes).unwrap().len(), 3);
+        assert_eq!(parse(&[]).unwrap(), Records::new());
     }
 
     #[test]
@@ -595,11 +592,11 @@ mod tests {
             assert!(records.next().unwrap().is_ok());
             assert_eq!(records.next(), Some(Err(want.clone())), "cut at {cut}");
             assert_eq!(records.next(), None);
-            assert_eq!(parse_export(&bytes[..cut]), Err(want));
+            assert_eq!(parse(&bytes[..cut]), Err(want));
         }
         // A damaged length claiming 4 GiB is a cut record, read as far as the bytes go.
         let mut huge = u32::MAX.to_le_bytes().to_vec();
         huge.extend_from_slice(b"short");
-        assert_eq!(parse_export(&huge), Err("export cut inside a record at byte 0".to_string()));
+        assert_eq!(parse(&huge), Err("export cut inside a record at byte 0".to_string()));
     }
 }

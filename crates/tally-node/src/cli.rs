@@ -277,13 +277,14 @@ pub async fn export(client: &Client, key: &SigningKey, dir: &Path) -> CliResult<
         newest = newest.max(size);
         std::fs::write(dir.join("checkpoints").join(format!("{size}.note")), note)?;
     }
-    let bytes = client
-        .get_signed_response(key, "/v1/export?from=0")
-        .await?
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Network(e.to_string()))?;
-    std::fs::write(dir.join("entries.bin"), &bytes)?;
+    // Written as it arrives: the export is as large as the ledger.
+    let mut response = client.get_signed_response(key, "/v1/export?from=0").await?;
+    let path = dir.join("entries.bin");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    while let Some(chunk) = response.chunk().await.map_err(|e| ClientError::Network(e.to_string()))? {
+        std::io::Write::write_all(&mut file, &chunk)?;
+    }
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     let mut tiles = 0;
     for path in tile_paths(newest) {
         let data = client.get_bytes(&format!("/{path}")).await?;
@@ -292,7 +293,13 @@ pub async fn export(client: &Client, key: &SigningKey, dir: &Path) -> CliResult<
         std::fs::write(file, data)?;
         tiles += 1;
     }
-    Ok((tally_audit::parse_export(&bytes)?.len() as u64, notes.len(), tiles))
+    // Counted by reading it back, record by record: a cut download is an error here.
+    let mut entries = 0;
+    for record in tally_audit::ExportRecords::new(std::io::BufReader::new(std::fs::File::open(&path)?)) {
+        record?;
+        entries += 1;
+    }
+    Ok((entries, notes.len(), tiles))
 }
 
 /// Every tile and entry bundle of a tree of `size`.
