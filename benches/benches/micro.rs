@@ -1,15 +1,16 @@
 //! Criterion micro-benchmarks of the per-receipt pieces: canonical decode, signature
-//! verification (single and batched), Merkle append, leaf record hashing, settlement apply
+//! verification (single, batched, and receipts countersigned by publishers), Merkle append, leaf record hashing, settlement apply
 //! (pricing, split, postings, state writes; memory state), and one synced store commit.
 //!
 //! Run: `cargo bench -p tally-benches --bench micro`.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tally_core::entry::{Entry, LeafRecord, verify_entries};
+use tally_core::entry::{Body, Entry, LeafRecord, sign_delivery, verify_entries};
 use tally_core::merkle::{Frontier, leaf_hash};
+use tally_core::sig::SigningKey;
 use tally_ledger::{Ledger, LedgerConfig};
 use tally_settlement::{Engine, MemoryStore};
-use tally_tests::{all_verified, collective_key, setup, verified};
+use tally_tests::{all_verified, collective_key, lab_key, setup, verified};
 
 fn pieces(c: &mut Criterion) {
     let receipts = tally_benches::presigned_receipts(1024, 8);
@@ -71,6 +72,23 @@ fn pieces(c: &mut Criterion) {
         g.bench_function(format!("verify-{n}"), |b| b.iter(|| verify_entries(&receipts[..n])));
         g.finish();
     }
+    // The same, each receipt countersigned by one of four publishers' edges (two
+    // signatures a receipt; a publisher's key is decompressed once per batch).
+    let publishers: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_seed(&[100 + i; 32])).collect();
+    let delivered: Vec<Entry> = receipts[..32]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let Body::Receipt(mut r) = e.body().clone() else { unreachable!("receipts") };
+            r.delivery = Some(sign_delivery(&publishers[i % 4], &r.core));
+            let lab = (1..=8).map(lab_key).find(|k| k.public_bytes() == *e.author()).expect("a lab signed it");
+            Entry::sign(&lab, Body::Receipt(r)).expect("signs")
+        })
+        .collect();
+    let mut g = c.benchmark_group("batch");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("verify-32-delivered", |b| b.iter(|| verify_entries(&delivered)));
+    g.finish();
     let mut g = c.benchmark_group("store");
     g.sample_size(20);
     g.bench_function("commit-64-synced", |b| {

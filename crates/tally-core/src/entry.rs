@@ -562,7 +562,8 @@ pub fn verify_entries(entries: &[Entry]) -> Vec<Result<(), EntryError>> {
             }
         }
         if let Body::Receipt(Receipt { core, delivery: Some(d) }) = &e.body {
-            match PublicKey::from_bytes(&d.publisher_key) {
+            // A publisher's edge countersigns all its deliveries with one key too.
+            match *keys.entry(&d.publisher_key).or_insert_with(|| PublicKey::from_bytes(&d.publisher_key)) {
                 Ok(key) => checks.push(SignatureCheck {
                     entry: i,
                     delivery: true,
@@ -783,6 +784,38 @@ mod tests {
         r.delivery.as_mut().unwrap().signature[0] ^= 1;
         let bad = Entry::sign(&lab, Body::Receipt(r)).unwrap();
         assert!(matches!(bad.verify(), Err(EntryError::DeliverySignature(_))));
+    }
+
+    /// Many receipts countersigned with one publisher key (decompressed once per batch): a
+    /// tampered countersignature fails only its receipt, and a weak publisher key is named
+    /// as the publisher's even where the same bytes are no author's key.
+    #[test]
+    fn a_shared_publisher_key_is_checked_for_every_receipt() {
+        let lab = SigningKey::from_seed(&[1; 32]);
+        let publisher = SigningKey::from_seed(&[2; 32]);
+        let delivered = |n: usize| {
+            let Body::Receipt(mut r) = receipt(&lab, &format!("https://a.example/{n}")).body().clone() else {
+                unreachable!("a receipt")
+            };
+            let mut d = sign_delivery(&publisher, &r.core);
+            match n {
+                3 => d.signature[40] ^= 1,
+                5 => d.publisher_key = [0; 32], // a small-order point's encoding
+                _ => {}
+            }
+            r.delivery = Some(d);
+            Entry::sign(&lab, Body::Receipt(r)).unwrap()
+        };
+        let entries: Vec<Entry> = (0..8).map(delivered).collect();
+        let verdicts = verify_entries(&entries);
+        for (n, v) in verdicts.iter().enumerate() {
+            match (n, v) {
+                (3, Err(EntryError::DeliverySignature(SignatureError::Equation))) => {}
+                (5, Err(e)) => assert_eq!(e.code(), "bad-publisher-key", "{e}"),
+                (3 | 5, other) => panic!("receipt {n}: {other:?}"),
+                (_, other) => assert_eq!(other, &Ok(()), "receipt {n}"),
+            }
+        }
     }
 
     #[test]
