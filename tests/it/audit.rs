@@ -42,6 +42,11 @@ fn export(entries: &[(VerifiedEntry, u64)]) -> Export {
     let store = ledger.store();
     let records = store.export(0, size, usize::MAX).unwrap();
     let notes = store.checkpoints(0, usize::MAX).unwrap().into_iter().map(|(_, n)| n).collect();
+    Export { records, notes, tiles: served_tiles(&ledger, size) }
+}
+
+/// Every tile and entry bundle of the tree of `size`, as the node serves them.
+fn served_tiles(ledger: &Ledger, size: u64) -> Vec<(String, Vec<u8>)> {
     let mut tiles = Vec::new();
     for level in 0..3u8 {
         for index in 0.. {
@@ -55,7 +60,7 @@ fn export(entries: &[(VerifiedEntry, u64)]) -> Export {
             }
         }
     }
-    Export { records, notes, tiles }
+    tiles
 }
 
 fn pins() -> Pins {
@@ -151,6 +156,35 @@ fn audit_names_the_first_bad_sequence_number() {
     }
 }
 
+/// Whatever was served must check out: a tile or bundle beyond the replayed log (an export
+/// cut short, with the checkpoints it still reaches) and a path that names no tile each
+/// fail the audit, named at the first leaf they cover.
+#[test]
+fn served_tiles_the_replay_never_reaches_fail_the_audit() {
+    let honest = export(&crate::settlement_props::random_log(5, 700));
+    assert!(audit(&honest).ok);
+    let kept = 256;
+    assert!(honest.records.len() > kept, "{} entries: the cut must drop some", honest.records.len());
+    let mut cut = honest.clone();
+    cut.records.truncate(kept);
+    cut.notes.retain(|n| n.lines().nth(1).unwrap().parse::<usize>().unwrap() <= kept);
+    let report = audit(&cut);
+    assert_eq!(first_bad(&report), Some(256), "{}", report.summary());
+    let what = report.divergence.unwrap().what;
+    assert!(what.contains("goes beyond the replayed"), "{what}");
+    // Without the tiles past the cut, the same records pass.
+    cut.tiles.retain(|(path, _)| !path.contains(".p/") || path.starts_with("tile/1/"));
+    cut.tiles.retain(|(path, _)| path != "tile/1/000.p/1");
+    let report = audit(&cut);
+    assert!(report.ok, "{}", report.summary());
+    let mut junk = honest.clone();
+    junk.tiles.push(("tile/not-a-tile".into(), vec![0; 32]));
+    let report = audit(&junk);
+    assert!(!report.ok);
+    assert_eq!(report.divergence.as_ref().unwrap().seq, None);
+    assert!(report.divergence.unwrap().what.contains("tile/not-a-tile is not a tile path"));
+}
+
 /// A node whose state was tampered with signs a state root that replay does not reach: the
 /// auditor names that checkpoint (the collective's key signs it, so the signature is fine).
 #[test]
@@ -189,11 +223,17 @@ fn audit_pipelines_chunks_and_names_a_bad_signature_in_any_of_them() {
     let honest = Export {
         records: ledger.store().export(0, size, usize::MAX).unwrap(),
         notes: ledger.store().checkpoints(0, usize::MAX).unwrap().into_iter().map(|(_, n)| n).collect(),
-        tiles: Vec::new(),
+        tiles: served_tiles(&ledger, size),
     };
     let report = audit(&honest);
     assert!(report.ok, "{}", report.summary());
     assert_eq!(report.entries, size);
+    // Every tile and bundle checked, each as the replay completed it: 66 full level-0
+    // tiles and bundles, the partial ones, and the partial level-1 tile.
+    assert_eq!((report.tiles, report.bundles), (honest.tiles.len() / 2 + 1, honest.tiles.len() / 2));
+    assert_eq!(report.bundles as u64, size.div_ceil(256));
+    // The node's tiles would name the forged leaf records below before their signatures.
+    let honest = Export { tiles: Vec::new(), ..honest };
     for k in [chunk as u64 / 2, chunk as u64 + 7, size - 3] {
         let mut e = honest.clone();
         let (leaf, entry) = &mut e.records[k as usize];

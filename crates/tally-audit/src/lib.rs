@@ -7,7 +7,9 @@
 //! 2. every signature, under the same acceptance rule as the node (batch verification on
 //!    every core, one item at a time where a batch fails);
 //! 3. the Merkle tree rebuilt from the leaf records against every signed checkpoint, and
-//!    every given tile and entry bundle against the rebuilt tree;
+//!    every given tile and entry bundle against the rebuilt tree, each as soon as the
+//!    replay completes it (read then from a [`TileSource`], so the audit does not hold
+//!    them all);
 //! 4. settlement re-executed from empty state: every logged entry applies, its postings sum
 //!    to zero, money inside equals deposits less payouts after every entry, the full
 //!    invariants at every checkpoint, and the state root equals the one signed there.
@@ -90,6 +92,47 @@ impl Report {
     }
 }
 
+/// Where an auditor reads the tiles and entry bundles the node served, by path (like
+/// `tile/0/x001/234.p/17`). They are read as the replay completes each one, so an audit
+/// holds one tile per level and one bundle in memory, not the export's.
+pub trait TileSource {
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, String>;
+}
+
+/// Tiles held in memory (tests, small exports).
+impl TileSource for HashMap<String, Vec<u8>> {
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, String> {
+        self.get(path).cloned().ok_or_else(|| "not served".to_string())
+    }
+}
+
+/// Tiles in a directory, one file per path (`tally export`'s `tiles/`).
+#[derive(Debug, Clone)]
+pub struct TileDir(pub std::path::PathBuf);
+
+impl TileSource for TileDir {
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, String> {
+        std::fs::read(self.0.join(path)).map_err(|e| e.to_string())
+    }
+}
+
+/// A tile or bundle position: `None` for the entry bundles, else the tile level.
+type TileKey = (Option<u8>, u64);
+
+/// The served tiles and bundles not yet checked, and what has been.
+struct Served {
+    source: Box<dyn TileSource + Send>,
+    /// By position, the widths served (a full tile and partial ones may all be).
+    pending: BTreeMap<TileKey, Vec<u16>>,
+    /// Served paths that name no tile.
+    unparsed: Vec<String>,
+    tiles: usize,
+    bundles: usize,
+    /// The widest served level-0 tile over the leaves being fed, to check each leaf
+    /// against as it is replayed, so a difference is named at its own position.
+    level0: Option<(u64, Vec<u8>)>,
+}
+
 /// A replay in progress: feed records in order, then finish.
 pub struct Auditor {
     pins: Pins,
@@ -97,14 +140,12 @@ pub struct Auditor {
     checkpoints: BTreeMap<u64, (String, Hash)>,
     checked: usize,
     frontier: Frontier,
-    /// Node hashes at tile heights (0, 8, 16, ...), to compare tiles with.
-    tile_hashes: HashMap<u8, Vec<Hash>>,
-    leaves: Vec<Vec<u8>>,
-    /// Level-0 hashes from the node's tiles, by leaf index: each leaf is checked against
-    /// them as it is replayed, so a difference is named at its own position.
-    served_leaves: HashMap<u64, Hash>,
-    /// Tiles and bundles as served, checked against the rebuilt tree at the end.
-    served: Vec<(String, Vec<u8>)>,
+    /// Per tile level, the node hashes of the tile being filled (the replayed tree's hashes
+    /// at heights 0, 8, 16, ...): checked against the served tile once it is full.
+    filling: Vec<Vec<Hash>>,
+    /// The leaf records of the entry bundle being filled.
+    bundle: Vec<Vec<u8>>,
+    served: Served,
     pending: Vec<(LeafRecord, Vec<u8>, Entry)>,
     /// The chunk before `pending`, its signatures being verified on other threads while
     /// the one before it is applied.
@@ -147,6 +188,19 @@ impl Auditor {
     /// serves (`(path, bytes)`, path like `tile/0/x001/234.p/17`; may be empty). Every
     /// checkpoint's signature is checked here, under the pins.
     pub fn new(pins: Pins, checkpoint_notes: Vec<String>, served: Vec<(String, Vec<u8>)>) -> Self {
+        let paths = served.iter().map(|(p, _)| p.clone()).collect();
+        let map: HashMap<String, Vec<u8>> = served.into_iter().collect();
+        Self::with_tiles(pins, checkpoint_notes, paths, Box::new(map))
+    }
+
+    /// [`Auditor::new`] with the served tiles and bundles named by `paths` and read from
+    /// `source` only when the replay reaches them.
+    pub fn with_tiles(
+        pins: Pins,
+        checkpoint_notes: Vec<String>,
+        paths: Vec<String>,
+        source: Box<dyn TileSource + Send>,
+    ) -> Self {
         let mut checkpoints = BTreeMap::new();
         let mut divergence = None;
         for note in checkpoint_notes {
@@ -161,23 +215,31 @@ impl Auditor {
                 }
             }
         }
-        let mut served_leaves = HashMap::new();
-        for (path, bytes) in &served {
-            if let Some(TilePath::Hashes { level: 0, index, .. }) = TilePath::parse(path) {
-                for (i, chunk) in bytes.chunks_exact(32).enumerate() {
-                    served_leaves.insert(index * TILE_WIDTH + i as u64, chunk.try_into().expect("32 bytes"));
+        let mut served =
+            Served { source, pending: BTreeMap::new(), unparsed: Vec::new(), tiles: 0, bundles: 0, level0: None };
+        for path in paths {
+            match TilePath::parse(&path) {
+                Some(TilePath::Hashes { level, index, width }) => {
+                    served.pending.entry((Some(level), index)).or_default().push(width)
                 }
+                Some(TilePath::Entries { index, width }) => {
+                    served.pending.entry((None, index)).or_default().push(width)
+                }
+                None => served.unparsed.push(path),
             }
+        }
+        for widths in served.pending.values_mut() {
+            widths.sort_unstable();
+            widths.dedup();
         }
         Self {
             pins,
             checkpoints,
-            served_leaves,
             served,
             checked: 0,
             frontier: Frontier::new(),
-            tile_hashes: HashMap::new(),
-            leaves: Vec::new(),
+            filling: Vec::new(),
+            bundle: Vec::new(),
             pending: Vec::with_capacity(CHUNK_ENTRIES),
             in_flight: None,
             engine: Engine::open(MemoryStore::default()).expect("memory state cannot fail"),
@@ -227,9 +289,16 @@ impl Auditor {
                 return false;
             }
         };
-        if self.served_leaves.get(&seq).is_some_and(|h| *h != record.leaf_hash()) {
-            self.divergence = Some(fail(Some(seq), "the leaf record's hash differs from the node's level-0 tile"));
-            return false;
+        match self.served.level0_hash(seq) {
+            Err(d) => {
+                self.divergence = Some(d);
+                return false;
+            }
+            Ok(Some(h)) if h != record.leaf_hash() => {
+                self.divergence = Some(fail(Some(seq), "the leaf record's hash differs from the node's level-0 tile"));
+                return false;
+            }
+            Ok(_) => {}
         }
         if !record.matches(&entry) {
             self.divergence = Some(fail(
@@ -290,15 +359,37 @@ impl Auditor {
     }
 
     fn apply(&mut self, seq: u64, record: &LeafRecord, leaf: &[u8], entry: &VerifiedEntry) -> bool {
-        let tile_hashes = &mut self.tile_hashes;
+        let filling = &mut self.filling;
+        let mut full = Vec::new();
         self.frontier.append(record.leaf_hash(), |height, index, hash| {
             if height % TILE_HEIGHT == 0 {
-                let level = tile_hashes.entry(height).or_default();
-                debug_assert_eq!(level.len() as u64, index);
-                level.push(*hash);
+                let level = height / TILE_HEIGHT;
+                if filling.len() <= usize::from(level) {
+                    filling.push(Vec::with_capacity(TILE_WIDTH as usize));
+                }
+                let tile = &mut filling[usize::from(level)];
+                debug_assert_eq!(tile.len() as u64, index % TILE_WIDTH);
+                tile.push(*hash);
+                if tile.len() as u64 == TILE_WIDTH {
+                    full.push((level, index / TILE_WIDTH));
+                }
             }
         });
-        self.leaves.push(leaf.to_vec());
+        for (level, index) in full {
+            let hashes = std::mem::take(&mut self.filling[usize::from(level)]);
+            if let Err(d) = self.served.check_tile(level, index, &hashes) {
+                self.divergence = Some(d);
+                return false;
+            }
+        }
+        self.bundle.push(leaf.to_vec());
+        if self.bundle.len() as u64 == TILE_WIDTH {
+            let leaves = std::mem::take(&mut self.bundle);
+            if let Err(d) = self.served.check_bundle(seq / TILE_WIDTH, &leaves) {
+                self.divergence = Some(d);
+                return false;
+            }
+        }
         match self.engine.apply(entry, seq, record.time_ms) {
             Err(e) => {
                 self.divergence = Some(fail(Some(seq), format!("settlement state failed: {e}")));
@@ -369,18 +460,20 @@ impl Auditor {
             self.divergence =
                 Some(fail(Some(cp), format!("a checkpoint signs size {cp} but the export ends at {size}")));
         }
-        let (mut tile_count, mut bundle_count) = (0, 0);
         if self.divergence.is_none() {
-            let served = std::mem::take(&mut self.served);
-            for (path, bytes) in &served {
-                match self.check_tile(path, bytes, size) {
-                    Ok(true) => bundle_count += 1,
-                    Ok(false) => tile_count += 1,
-                    Err(d) => {
-                        self.divergence = Some(d);
-                        break;
-                    }
-                }
+            // The last, partial tile of each level and the last bundle; then anything served
+            // that the replay never reached.
+            let last = |hashes: u64| hashes / TILE_WIDTH;
+            let mut result = Ok(());
+            for (level, hashes) in std::mem::take(&mut self.filling).iter().enumerate() {
+                let level = level as u8;
+                let count = size >> (u32::from(level) * u32::from(TILE_HEIGHT));
+                result = result.and_then(|()| self.served.check_tile(level, last(count), hashes));
+            }
+            let bundle = std::mem::take(&mut self.bundle);
+            result = result.and_then(|()| self.served.check_bundle(last(size), &bundle));
+            if let Err(d) = result.and_then(|()| self.served.left_over(size)) {
+                self.divergence = Some(d);
             }
         }
         let scale = self.engine.meta().map_or(0, |m| m.asset_scale);
@@ -388,69 +481,127 @@ impl Auditor {
             ok: self.divergence.is_none(),
             entries: size,
             checkpoints: self.checked,
-            tiles: tile_count,
-            bundles: bundle_count,
+            tiles: self.served.tiles,
+            bundles: self.served.bundles,
             root: hex::encode(self.frontier.root()),
             state_root: hex::encode(self.engine.state_root()),
             balances: self.engine.balances().map(|(a, b)| (a.label(), format_amount(*b, scale))).collect(),
             divergence: self.divergence,
         }
     }
+}
 
-    /// `Ok(true)` for a matching bundle, `Ok(false)` for a matching tile.
-    fn check_tile(&self, path: &str, bytes: &[u8], size: u64) -> Result<bool, Divergence> {
-        let parsed = TilePath::parse(path).ok_or_else(|| fail(None, format!("{path} is not a tile path")))?;
-        match parsed {
-            TilePath::Hashes { level, index, width } => {
-                let first = index * TILE_WIDTH;
-                let first_leaf = first << (u32::from(level) * u32::from(TILE_HEIGHT));
-                let hashes = self.tile_hashes.get(&(level * TILE_HEIGHT)).map_or(&[][..], |v| &v[..]);
-                let end = first + u64::from(width);
-                if end > hashes.len() as u64 {
-                    return Err(fail(Some(first_leaf), format!("tile {path} goes beyond the replayed tree of {size}")));
-                }
-                let expected = &hashes[first as usize..end as usize];
-                if bytes.len() != expected.len() * 32 {
-                    return Err(fail(
-                        Some(first_leaf),
-                        format!("tile {path} has {} bytes, not {}", bytes.len(), expected.len() * 32),
-                    ));
-                }
-                if let Some(i) = expected.iter().zip(bytes.chunks_exact(32)).position(|(e, b)| &e[..] != b) {
-                    let leaf = (first + i as u64) << (u32::from(level) * u32::from(TILE_HEIGHT));
-                    return Err(fail(Some(leaf), format!("tile {path} differs from the replayed tree at hash {i}")));
-                }
-                Ok(false)
-            }
-            TilePath::Entries { index, width } => {
-                let first = index * TILE_WIDTH;
-                let end = first + u64::from(width);
-                if end > self.leaves.len() as u64 {
-                    return Err(fail(Some(first), format!("bundle {path} goes beyond the replayed log of {size}")));
-                }
-                // The bundle these leaf records make; a difference is named by the record
-                // holding its first differing byte.
-                let mut expected = Vec::new();
-                let mut starts = Vec::new();
-                for leaf in &self.leaves[first as usize..end as usize] {
-                    starts.push(expected.len());
-                    expected.extend_from_slice(&(leaf.len() as u16).to_be_bytes());
-                    expected.extend_from_slice(leaf);
-                }
-                if expected != bytes {
-                    let at =
-                        expected.iter().zip(bytes).position(|(a, b)| a != b).unwrap_or(expected.len().min(bytes.len()));
-                    let record = starts.partition_point(|s| *s <= at).saturating_sub(1);
-                    let seq = first + record as u64;
-                    let detail = match parse_entry_bundle(bytes) {
-                        Err(e) => format!("bundle {path} is malformed ({e})"),
-                        Ok(_) => format!("bundle {path} differs from the exported leaf records"),
-                    };
-                    return Err(fail(Some(seq), detail));
-                }
-                Ok(true)
+impl Served {
+    /// The widths served at `key` no wider than `available`, taken from the pending set
+    /// (wider ones stay, to be reported as beyond the replay).
+    fn take_widths(&mut self, key: TileKey, available: usize) -> Vec<u16> {
+        let Some(widths) = self.pending.get_mut(&key) else { return Vec::new() };
+        let split = widths.partition_point(|w| usize::from(*w) <= available);
+        let taken: Vec<u16> = widths.drain(..split).collect();
+        if widths.is_empty() {
+            self.pending.remove(&key);
+        }
+        taken
+    }
+
+    fn read(&mut self, path: &str, first_leaf: u64) -> Result<Vec<u8>, Divergence> {
+        self.source.read(path).map_err(|e| fail(Some(first_leaf), format!("{path} could not be read: {e}")))
+    }
+
+    /// The served level-0 hash of leaf `seq`, if a level-0 tile covering it was served.
+    fn level0_hash(&mut self, seq: u64) -> Result<Option<Hash>, Divergence> {
+        let index = seq / TILE_WIDTH;
+        if self.level0.as_ref().is_none_or(|(i, _)| *i != index) {
+            self.level0 = None;
+            if let Some(&width) = self.pending.get(&(Some(0), index)).and_then(|w| w.last()) {
+                let path = TilePath::Hashes { level: 0, index, width }.render();
+                self.level0 = Some((index, self.read(&path, index * TILE_WIDTH)?));
             }
         }
+        let at = (seq % TILE_WIDTH) as usize * 32;
+        Ok(self.level0.as_ref().and_then(|(_, b)| b.get(at..at + 32)).map(|h| h.try_into().expect("32 bytes")))
+    }
+
+    /// Check every tile served at `level`/`index` no wider than `hashes` (the replayed
+    /// tree's hashes of that tile, from its first).
+    fn check_tile(&mut self, level: u8, index: u64, hashes: &[Hash]) -> Result<(), Divergence> {
+        let first = index * TILE_WIDTH;
+        let shift = u32::from(level) * u32::from(TILE_HEIGHT);
+        for width in self.take_widths((Some(level), index), hashes.len()) {
+            let path = TilePath::Hashes { level, index, width }.render();
+            let bytes = self.read(&path, first << shift)?;
+            let expected = &hashes[..usize::from(width)];
+            if bytes.len() != expected.len() * 32 {
+                return Err(fail(
+                    Some(first << shift),
+                    format!("tile {path} has {} bytes, not {}", bytes.len(), expected.len() * 32),
+                ));
+            }
+            if let Some(i) = expected.iter().zip(bytes.chunks_exact(32)).position(|(e, b)| &e[..] != b) {
+                let leaf = (first + i as u64) << shift;
+                return Err(fail(Some(leaf), format!("tile {path} differs from the replayed tree at hash {i}")));
+            }
+            self.tiles += 1;
+        }
+        Ok(())
+    }
+
+    /// Check every entry bundle served at `index` no wider than `leaves` (the replayed leaf
+    /// records of that bundle, from its first).
+    fn check_bundle(&mut self, index: u64, leaves: &[Vec<u8>]) -> Result<(), Divergence> {
+        let first = index * TILE_WIDTH;
+        for width in self.take_widths((None, index), leaves.len()) {
+            let path = TilePath::Entries { index, width }.render();
+            let bytes = self.read(&path, first)?;
+            // The bundle these leaf records make; a difference is named by the record
+            // holding its first differing byte.
+            let mut expected = Vec::new();
+            let mut starts = Vec::new();
+            for leaf in &leaves[..usize::from(width)] {
+                starts.push(expected.len());
+                expected.extend_from_slice(&(leaf.len() as u16).to_be_bytes());
+                expected.extend_from_slice(leaf);
+            }
+            if expected != bytes {
+                let at =
+                    expected.iter().zip(&bytes).position(|(a, b)| a != b).unwrap_or(expected.len().min(bytes.len()));
+                let record = starts.partition_point(|s| *s <= at).saturating_sub(1);
+                let detail = match parse_entry_bundle(&bytes) {
+                    Err(e) => format!("bundle {path} is malformed ({e})"),
+                    Ok(_) => format!("bundle {path} differs from the exported leaf records"),
+                };
+                return Err(fail(Some(first + record as u64), detail));
+            }
+            self.bundles += 1;
+        }
+        Ok(())
+    }
+
+    /// Whatever was served and not checked: paths that name no tile, and tiles or bundles
+    /// beyond the replayed tree of `size`.
+    fn left_over(&self, size: u64) -> Result<(), Divergence> {
+        if let Some(path) = self.unparsed.first() {
+            return Err(fail(None, format!("{path} is not a tile path")));
+        }
+        let Some((&(level, index), widths)) = self.pending.iter().next() else { return Ok(()) };
+        let width = widths[0];
+        let first = index * TILE_WIDTH;
+        Err(match level {
+            Some(level) => fail(
+                Some(first << (u32::from(level) * u32::from(TILE_HEIGHT))),
+                format!(
+                    "tile {} goes beyond the replayed tree of {size}",
+                    TilePath::Hashes { level, index, width }.render()
+                ),
+            ),
+            None => fail(
+                Some(first),
+                format!(
+                    "bundle {} goes beyond the replayed log of {size}",
+                    TilePath::Entries { index, width }.render()
+                ),
+            ),
+        })
     }
 }
 

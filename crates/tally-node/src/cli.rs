@@ -331,26 +331,28 @@ pub fn audit_dir(dir: &Path, pins: Pins, progress: bool) -> CliResult<Report> {
     for f in std::fs::read_dir(dir.join("checkpoints"))? {
         notes.push(std::fs::read_to_string(f?.path())?);
     }
-    let mut tiles = Vec::new();
+    // The tiles' names now, their bytes as the replay reaches each; the records one by
+    // one: the export is as large as the ledger, and the audit's memory is not.
+    let mut paths = Vec::new();
     let tiles_dir = dir.join("tiles");
     if tiles_dir.exists() {
-        collect_tiles(&tiles_dir, &tiles_dir, &mut tiles)?;
+        collect_tiles(&tiles_dir, &tiles_dir, &mut paths)?;
     }
-    // Read record by record: the export is as large as the ledger.
     let file = std::fs::File::open(dir.join("entries.bin"))?;
     let total = file.metadata()?.len();
     let records = tally_audit::ExportRecords::new(std::io::BufReader::with_capacity(1 << 20, file));
-    Ok(audit_records(pins, notes, tiles, records, total, progress)?)
+    let auditor = Auditor::with_tiles(pins, notes, paths, Box::new(tally_audit::TileDir(tiles_dir)));
+    Ok(audit_records(auditor, records, total, progress)?)
 }
 
-fn collect_tiles(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> CliResult<()> {
+/// The paths of the files under `dir`, relative to `root`, with `/` separators.
+fn collect_tiles(root: &Path, dir: &Path, out: &mut Vec<String>) -> CliResult<()> {
     for f in std::fs::read_dir(dir)? {
         let path = f?.path();
         if path.is_dir() {
             collect_tiles(root, &path, out)?;
         } else {
-            let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
-            out.push((rel, std::fs::read(&path)?));
+            out.push(path.strip_prefix(root)?.to_string_lossy().replace('\\', "/"));
         }
     }
     Ok(())
@@ -359,16 +361,13 @@ fn collect_tiles(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> C
 /// Replay an export's records as they are read, with a progress line on a terminal (by
 /// bytes of the export's `total`). `Err` if the export is cut or unreadable.
 pub fn audit_records<R: std::io::Read>(
-    pins: Pins,
-    notes: Vec<String>,
-    tiles: Vec<(String, Vec<u8>)>,
+    mut auditor: Auditor,
     mut records: tally_audit::ExportRecords<R>,
     total: u64,
     progress: bool,
 ) -> Result<Report, String> {
     use std::io::{IsTerminal, Write};
     let show = progress && std::io::stderr().is_terminal();
-    let mut auditor = Auditor::new(pins, notes, tiles);
     let mut i = 0u64;
     while let Some(record) = records.next() {
         let (leaf, entry) = record?;
