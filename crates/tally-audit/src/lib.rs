@@ -28,7 +28,7 @@ use tally_core::sig::PublicKey;
 use tally_core::tile::{TILE_HEIGHT, TILE_WIDTH, TilePath, parse_entry_bundle};
 use tally_settlement::state::state_root_of;
 use tally_settlement::terms::format_amount;
-use tally_settlement::{Engine, MemoryStore};
+use tally_settlement::{ApplyWrites, Engine, MemoryStore, StateError};
 
 /// Entries verified together (split across cores), then applied in order.
 pub const CHUNK_ENTRIES: usize = 8192;
@@ -133,8 +133,10 @@ struct Served {
     level0: Option<(u64, Vec<u8>)>,
 }
 
-/// A replay in progress: feed records in order, then finish.
-pub struct Auditor {
+/// A replay in progress: feed records in order, then finish. The replayed settlement state
+/// is kept in `S`: in memory by default, or on disk for a large export (`ScratchState` in
+/// `tally-ledger`), since it grows with the ledger.
+pub struct Auditor<S = MemoryStore> {
     pins: Pins,
     /// Signed checkpoints not yet reached, by size: (note, verified root).
     checkpoints: BTreeMap<u64, (String, Hash)>,
@@ -150,7 +152,7 @@ pub struct Auditor {
     /// The chunk before `pending`, its signatures being verified on other threads while
     /// the one before it is applied.
     in_flight: Option<InFlight>,
-    engine: Engine<MemoryStore>,
+    engine: Engine<S>,
     divergence: Option<Divergence>,
 }
 
@@ -173,7 +175,7 @@ impl InFlight {
     }
 }
 
-impl std::fmt::Debug for Auditor {
+impl<S> std::fmt::Debug for Auditor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auditor").field("entries", &self.frontier.size()).field("divergence", &self.divergence).finish()
     }
@@ -183,24 +185,30 @@ fn fail(seq: Option<u64>, what: impl Into<String>) -> Divergence {
     Divergence { seq, what: what.into() }
 }
 
-impl Auditor {
+impl Auditor<MemoryStore> {
     /// Start an audit with the signed checkpoints and the tiles and entry bundles the node
-    /// serves (`(path, bytes)`, path like `tile/0/x001/234.p/17`; may be empty). Every
-    /// checkpoint's signature is checked here, under the pins.
+    /// serves (`(path, bytes)`, path like `tile/0/x001/234.p/17`; may be empty), with the
+    /// replayed state in memory. Every checkpoint's signature is checked here, under the
+    /// pins.
     pub fn new(pins: Pins, checkpoint_notes: Vec<String>, served: Vec<(String, Vec<u8>)>) -> Self {
         let paths = served.iter().map(|(p, _)| p.clone()).collect();
         let map: HashMap<String, Vec<u8>> = served.into_iter().collect();
-        Self::with_tiles(pins, checkpoint_notes, paths, Box::new(map))
+        Self::with_tiles(pins, checkpoint_notes, paths, Box::new(map), MemoryStore::default())
+            .expect("empty memory state opens")
     }
+}
 
+impl<S: ApplyWrites> Auditor<S> {
     /// [`Auditor::new`] with the served tiles and bundles named by `paths` and read from
-    /// `source` only when the replay reaches them.
+    /// `source` only when the replay reaches them, and the replayed state kept in `state`
+    /// (empty). `Err` if the state store cannot be read.
     pub fn with_tiles(
         pins: Pins,
         checkpoint_notes: Vec<String>,
         paths: Vec<String>,
         source: Box<dyn TileSource + Send>,
-    ) -> Self {
+        state: S,
+    ) -> Result<Self, StateError> {
         let mut checkpoints = BTreeMap::new();
         let mut divergence = None;
         for note in checkpoint_notes {
@@ -232,7 +240,7 @@ impl Auditor {
             widths.sort_unstable();
             widths.dedup();
         }
-        Self {
+        Ok(Self {
             pins,
             checkpoints,
             served,
@@ -242,9 +250,9 @@ impl Auditor {
             bundle: Vec::new(),
             pending: Vec::with_capacity(CHUNK_ENTRIES),
             in_flight: None,
-            engine: Engine::open(MemoryStore::default()).expect("memory state cannot fail"),
+            engine: Engine::open(state)?,
             divergence,
-        }
+        })
     }
 
     pub fn pins(&self) -> &Pins {
@@ -355,7 +363,10 @@ impl Auditor {
         // state root read the store, so applying them per entry only re-encoded the same
         // balances again and again.
         let writes = self.engine.take_writes();
-        self.engine.store_mut().apply(writes);
+        if let Err(e) = self.engine.store_mut().apply_writes(writes) {
+            let seq = self.frontier.size().checked_sub(1);
+            self.divergence = Some(fail(seq, format!("the auditor's state store failed: {e}")));
+        }
     }
 
     fn apply(&mut self, seq: u64, record: &LeafRecord, leaf: &[u8], entry: &VerifiedEntry) -> bool {

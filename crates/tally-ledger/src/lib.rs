@@ -9,6 +9,7 @@ mod background;
 mod error;
 mod index;
 mod ledger;
+mod scratch;
 mod store;
 
 pub use error::LedgerError;
@@ -16,6 +17,7 @@ pub use ledger::{
     AppendReply, Clock, ENTRIES_PER_APPEND_MAX, GROUP_ENTRIES_MAX, GenesisInfo, GroupObserver, GroupStats, Ledger,
     LedgerConfig, MIN_FREE_BYTES_DEFAULT, Outcome, Position, QUEUE_REQUESTS_MAX, system_clock,
 };
+pub use scratch::ScratchState;
 pub use store::{BLOCK_CACHE_BYTES, Backlog, MEMTABLES_BYTES_MAX, Store, StoreMemory};
 pub use tally_settlement::Rejection;
 pub use tally_settlement::state::{STATE_ROOT_EXTENSION, state_root_of};

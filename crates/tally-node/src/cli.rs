@@ -341,7 +341,12 @@ pub fn audit_dir(dir: &Path, pins: Pins, progress: bool) -> CliResult<Report> {
     let file = std::fs::File::open(dir.join("entries.bin"))?;
     let total = file.metadata()?.len();
     let records = tally_audit::ExportRecords::new(std::io::BufReader::with_capacity(1 << 20, file));
-    let auditor = Auditor::with_tiles(pins, notes, paths, Box::new(tally_audit::TileDir(tiles_dir)));
+    // The replayed settlement state grows with the ledger (a charge record per receipt):
+    // it goes to a scratch database beside the export, removed when the audit ends.
+    let scratch = tempfile::Builder::new().prefix(".audit-state-").tempdir_in(dir)?;
+    let state = tally_ledger::ScratchState::create(&scratch.path().join("state"))?;
+    let auditor = Auditor::with_tiles(pins, notes, paths, Box::new(tally_audit::TileDir(tiles_dir)), state)
+        .map_err(|e| format!("the auditor's state store: {e}"))?;
     Ok(audit_records(auditor, records, total, progress)?)
 }
 
@@ -360,8 +365,8 @@ fn collect_tiles(root: &Path, dir: &Path, out: &mut Vec<String>) -> CliResult<()
 
 /// Replay an export's records as they are read, with a progress line on a terminal (by
 /// bytes of the export's `total`). `Err` if the export is cut or unreadable.
-pub fn audit_records<R: std::io::Read>(
-    mut auditor: Auditor,
+pub fn audit_records<R: std::io::Read, S: tally_settlement::ApplyWrites>(
+    mut auditor: Auditor<S>,
     mut records: tally_audit::ExportRecords<R>,
     total: u64,
     progress: bool,

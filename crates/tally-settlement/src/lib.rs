@@ -16,4 +16,4 @@ pub mod terms;
 pub use engine::{Access, Charge, ChargeRecord, Effect, Engine, Meta, Participant};
 pub use money::{Account, Posting};
 pub use rejection::Rejection;
-pub use state::{MemoryStore, StateError, StateStore, Writes};
+pub use state::{ApplyWrites, MemoryStore, StateError, StateStore, Writes};

@@ -48,6 +48,19 @@ pub trait StateStore {
 /// Writes to make durable: `None` deletes the key.
 pub type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// A store that takes the engine's writes directly (a replay, which has no log to write
+/// them with): the auditor's.
+pub trait ApplyWrites: StateStore {
+    fn apply_writes(&mut self, writes: Writes) -> Result<(), StateError>;
+}
+
+impl ApplyWrites for MemoryStore {
+    fn apply_writes(&mut self, writes: Writes) -> Result<(), StateError> {
+        self.apply(writes);
+        Ok(())
+    }
+}
+
 /// State kept in memory (tests, the auditor).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemoryStore {
