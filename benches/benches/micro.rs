@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the per-receipt pieces: canonical decode, signature
-//! verification (single, batched, and receipts countersigned by publishers), Merkle append, leaf record hashing, settlement apply
-//! (pricing, split, postings, state writes; memory state), and one synced store commit.
+//! verification (single, batched, and receipts countersigned by publishers), Merkle append,
+//! leaf record hashing, settlement apply (pricing, split, postings, state writes; memory
+//! state), and one synced store commit.
 //!
 //! Run: `cargo bench -p tally-benches --bench micro`.
 
