@@ -51,6 +51,12 @@ key_hex="$(curl -s "$TALLY_NODE/v1/info" | python3 -c 'import json,sys; print(js
 "$tally" verify --key publisher.key --party 10 --period 0 --pin "$key_hex" --origin "$origin" --state verify-state
 "$tally" export --key auditor.key --out export
 "$tally" audit --dir export --pin "$key_hex" --origin "$origin"
+# The replayed state is kept in a scratch directory, inside the export or where --scratch
+# says, and removed after.
+mkdir scratch
+"$tally" audit --dir export --scratch scratch --pin "$key_hex" --origin "$origin" >/dev/null
+leftover="$(find export scratch -name '.audit-state-*')"
+[ -z "$leftover" ] || { echo "the audit left its scratch state behind: $leftover"; exit 1; }
 "$tally" --json audit --key auditor.key --pin "$key_hex" --origin "$origin" >audit.json
 grep -q '"ok": true' audit.json
 # The wrong pinned key must fail the audit with exit status 2.

@@ -325,8 +325,9 @@ pub fn tile_paths(size: u64) -> Vec<String> {
     out
 }
 
-/// Audit an export directory.
-pub fn audit_dir(dir: &Path, pins: Pins, progress: bool) -> CliResult<Report> {
+/// Audit an export directory, with the replayed state in a scratch directory made inside
+/// `scratch` (or inside `dir`).
+pub fn audit_dir(dir: &Path, scratch: Option<&Path>, pins: Pins, progress: bool) -> CliResult<Report> {
     let mut notes = Vec::new();
     for f in std::fs::read_dir(dir.join("checkpoints"))? {
         notes.push(std::fs::read_to_string(f?.path())?);
@@ -342,8 +343,15 @@ pub fn audit_dir(dir: &Path, pins: Pins, progress: bool) -> CliResult<Report> {
     let total = file.metadata()?.len();
     let records = tally_audit::ExportRecords::new(std::io::BufReader::with_capacity(1 << 20, file));
     // The replayed settlement state grows with the ledger (a charge record per receipt):
-    // it goes to a scratch database beside the export, removed when the audit ends.
-    let scratch = tempfile::Builder::new().prefix(".audit-state-").tempdir_in(dir)?;
+    // it goes to a scratch database (inside the export directory unless told otherwise),
+    // removed when the audit ends.
+    let parent = scratch.unwrap_or(dir);
+    let scratch = tempfile::Builder::new().prefix(".audit-state-").tempdir_in(parent).map_err(|e| {
+        format!(
+            "cannot make the audit's scratch state in {}: {e} (give --scratch DIR on a writable disk)",
+            parent.display()
+        )
+    })?;
     let state = tally_ledger::ScratchState::create(&scratch.path().join("state"))?;
     let auditor = Auditor::with_tiles(pins, notes, paths, Box::new(tally_audit::TileDir(tiles_dir)), state)
         .map_err(|e| format!("the auditor's state store: {e}"))?;

@@ -375,7 +375,7 @@ pub async fn run(data: Option<PathBuf>, receipts: usize, serve: bool) -> CliResu
     // 5. A full audit replay.
     let export_dir = dir.join("export");
     let (entries, checkpoints, tiles) = cli::export(&client, &key(AUDITOR), &export_dir).await?;
-    let report = cli::audit_dir(&export_dir, Pins { origin: ORIGIN.into(), key: pinned }, true)?;
+    let report = cli::audit_dir(&export_dir, None, Pins { origin: ORIGIN.into(), key: pinned }, true)?;
     println!(
         "\n5. The auditor exported {entries} entries, {checkpoints} checkpoints and {tiles} tiles and replayed them:"
     );

@@ -258,6 +258,10 @@ enum Command {
         pin: String,
         #[arg(long)]
         origin: String,
+        /// Where to keep the replayed settlement state while auditing (a directory on a
+        /// writable disk; removed after) [default: inside the export directory].
+        #[arg(long)]
+        scratch: Option<PathBuf>,
     },
 }
 
@@ -391,7 +395,7 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
                 format!("exported {entries} entries, {checkpoints} checkpoints and {tiles} tiles to {}\n", dir.display())
             });
         }
-        Command::Audit { dir, key, pin, origin } => {
+        Command::Audit { dir, key, pin, origin, scratch } => {
             let pins = Pins { origin, key: PublicKey::from_bytes(&cli::parse_hash(&pin)?)? };
             let temp;
             let dir = match (dir, key) {
@@ -403,7 +407,8 @@ async fn run(cli: Cli) -> CliResult<ExitCode> {
                 }
                 _ => return Err("give --dir DIR (an export) or --key FILE (to export from --node)".into()),
             };
-            let report = tokio::task::spawn_blocking(move || cli::audit_dir(&dir, pins, true)).await??;
+            let report =
+                tokio::task::spawn_blocking(move || cli::audit_dir(&dir, scratch.as_deref(), pins, true)).await??;
             let value = serde_json::to_value(&report)?;
             out.value(&value, || report.summary());
             if !report.ok {
