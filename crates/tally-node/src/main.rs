@@ -205,6 +205,7 @@ enum Command {
         /// The collective's public key (hex), from a source you trust.
         #[arg(long)]
         pin: String,
+        /// The log's origin (its checkpoints' first line), from the same source as the pin.
         #[arg(long)]
         origin: String,
         /// Where the last verified checkpoint (and any evidence) is kept.
@@ -256,11 +257,12 @@ enum Command {
         /// The collective's public key (hex), from a source you trust.
         #[arg(long)]
         pin: String,
+        /// The log's origin (its checkpoints' first line), from the same source as the pin.
         #[arg(long)]
         origin: String,
         /// Where to keep the replayed settlement state while auditing (a directory on a
         /// writable disk; removed after) [default: inside the export directory].
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         scratch: Option<PathBuf>,
     },
 }
