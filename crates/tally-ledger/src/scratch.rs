@@ -15,6 +15,7 @@ use tally_settlement::state::Pairs;
 use tally_settlement::{ApplyWrites, StateError, StateStore, Writes};
 
 use crate::LedgerError;
+use crate::store::{prefix_pairs, state_storage};
 
 /// Each of the (at most two) memtables.
 pub const SCRATCH_MEMTABLE_BYTES: usize = 16 << 20;
@@ -30,10 +31,6 @@ impl std::fmt::Debug for ScratchState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScratchState").field("path", &self.db.path()).finish()
     }
-}
-
-fn storage(e: rocksdb::Error) -> StateError {
-    StateError::Storage(e.to_string())
 }
 
 impl ScratchState {
@@ -72,7 +69,7 @@ impl ScratchState {
 
 impl StateStore for ScratchState {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        self.db.get(key).map_err(storage)
+        self.db.get(key).map_err(state_storage)
     }
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
@@ -80,20 +77,12 @@ impl StateStore for ScratchState {
         self.db
             .batched_multi_get_cf(&cf, keys, false)
             .into_iter()
-            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(storage))
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(state_storage))
             .collect()
     }
 
     fn scan(&self, prefix: u8) -> Result<Pairs, StateError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(&[prefix], Direction::Forward)) {
-            let (k, v) = item.map_err(storage)?;
-            if k.first() != Some(&prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        prefix_pairs(self.db.iterator(IteratorMode::From(&[prefix], Direction::Forward)), prefix)
     }
 }
 
@@ -108,7 +97,7 @@ impl ApplyWrites for ScratchState {
         }
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        self.db.write_opt(batch, &opts).map_err(storage)
+        self.db.write_opt(batch, &opts).map_err(state_storage)
     }
 }
 

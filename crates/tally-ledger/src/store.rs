@@ -713,7 +713,7 @@ impl Store {
 
 impl StateStore for Store {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        self.db.get_cf(self.cf(state_cf(key)), key).map_err(|e| StateError::Storage(e.to_string()))
+        self.db.get_cf(self.cf(state_cf(key)), key).map_err(state_storage)
     }
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
@@ -725,24 +725,39 @@ impl StateStore for Store {
                 continue;
             }
             for (i, r) in at.into_iter().zip(self.db.batched_multi_get_cf(self.cf(cf), these, false)) {
-                out[i] = r.map_err(|e| StateError::Storage(e.to_string()))?.map(|v| v.to_vec());
+                out[i] = r.map_err(state_storage)?.map(|v| v.to_vec());
             }
         }
         Ok(out)
     }
 
     fn scan(&self, prefix: u8) -> Result<Pairs, StateError> {
-        let iter = self.db.iterator_cf(self.cf(state_cf(&[prefix])), IteratorMode::From(&[prefix], Direction::Forward));
-        let mut out = Vec::new();
-        for item in iter {
-            let (k, v) = item.map_err(|e| StateError::Storage(e.to_string()))?;
-            if k.first() != Some(&prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        prefix_pairs(
+            self.db.iterator_cf(self.cf(state_cf(&[prefix])), IteratorMode::From(&[prefix], Direction::Forward)),
+            prefix,
+        )
     }
+}
+
+/// A RocksDB failure under the settlement engine.
+pub(crate) fn state_storage(e: rocksdb::Error) -> StateError {
+    StateError::Storage(e.to_string())
+}
+
+/// The pairs an iterator started at `[prefix]` yields while their keys start with `prefix`.
+pub(crate) fn prefix_pairs(
+    iter: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    prefix: u8,
+) -> Result<Pairs, StateError> {
+    let mut out = Vec::new();
+    for item in iter {
+        let (k, v) = item.map_err(state_storage)?;
+        if k.first() != Some(&prefix) {
+            break;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
 }
 
 impl NodeReader for Store {
