@@ -82,7 +82,11 @@ fn main() {
     );
     println!(
         "  node CPU per receipt (us): {}",
-        cpu_per_receipt(&peak_cpu_before, &tally_benches::thread_cpu(node.process.id()), peak_part.len())
+        tally_benches::cpu_per_receipt(
+            &peak_cpu_before,
+            &tally_benches::thread_cpu(node.process.id()),
+            peak_part.len()
+        )
     );
     let load_cpu = |before: u64, receipts: usize| (own_cpu_ns() - before) as f64 / 1e3 / receipts as f64;
     println!("  load generator CPU per receipt (us): {:.1}", load_cpu(peak_own_before, peak_part.len()));
@@ -151,7 +155,10 @@ fn main() {
     }
     // And the node's CPU in that phase, by kind of thread, per receipt: beside the peak's,
     // what smaller requests at a lower rate cost.
-    println!("  node CPU per receipt (us): {}", cpu_per_receipt(&cpu_before, &cpu_after, latency_part.len()));
+    println!(
+        "  node CPU per receipt (us): {}",
+        tally_benches::cpu_per_receipt(&cpu_before, &cpu_after, latency_part.len())
+    );
     println!("  load generator CPU per receipt (us): {:.1}", load_cpu(own_before, latency_part.len()));
     // The machine's speed drifts (other tenants): the ceiling again, now that the latency
     // phase is over, says whether it ran on the machine the peak was measured on.
@@ -192,21 +199,6 @@ fn main() {
         "audit replay (signatures, tree, settlement, checkpoints) {replay:>8.0} entries/s  = {:.0}% of the ceiling",
         replay / ceiling * 100.0
     );
-}
-
-/// CPU each kind of thread used between two [`tally_benches::thread_cpu`] readings, in
-/// microseconds per receipt of the phase, with the total.
-fn cpu_per_receipt(
-    before: &std::collections::BTreeMap<&'static str, u64>,
-    after: &std::collections::BTreeMap<&'static str, u64>,
-    receipts: usize,
-) -> String {
-    let per = |ns: u64| ns as f64 / 1e3 / receipts as f64;
-    let used: Vec<(&str, u64)> =
-        after.iter().map(|(kind, ns)| (*kind, ns.saturating_sub(before.get(kind).copied().unwrap_or(0)))).collect();
-    let total: u64 = used.iter().map(|(_, ns)| ns).sum();
-    let parts: Vec<String> = used.iter().map(|(kind, ns)| format!("{kind} {:.1}", per(*ns))).collect();
-    format!("{}; total {:.1}", parts.join(", "), per(total))
 }
 
 /// CPU this process (the load generator) has used so far, in nanoseconds.

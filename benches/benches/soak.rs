@@ -12,7 +12,8 @@
 //! The peak is measured first, closed loop with 16 connections of 256 receipts: the first
 //! half of `TALLY_SOAK_PEAK_RECEIPTS` (default 1,500,000) warms the node up and the rate over
 //! the second half is the peak, so that it includes the flushes and compactions a burst of
-//! a few seconds never pays for. The soak then offers half of it, open loop, in requests of
+//! a few seconds never pays for; the node's CPU per receipt over it is printed by kind of
+//! thread, as in the `node` bench. The soak then offers half of it, open loop, in requests of
 //! the same size
 //! (`TALLY_SOAK_BATCH`, default 256). Half of that peak in much smaller requests is more
 //! than half the node's capacity: per-request costs grow as requests shrink. A 503 (the
@@ -73,7 +74,9 @@ fn main() {
     let (first, second) = (bodies(first), bodies(second));
     drop(warmup);
     let burst = runtime.block_on(tally_benches::closed_loop(&http, &url, first.clone(), 16));
+    let cpu_before = tally_benches::thread_cpu(node.process.id());
     let took = runtime.block_on(tally_benches::closed_loop(&http, &url, second.clone(), 16));
+    let cpu_after = tally_benches::thread_cpu(node.process.id());
     let count = |b: &Arc<Vec<Vec<u8>>>| (b.len() * 256) as f64;
     println!(
         "warm-up {:.0} receipts/s over {:.0} s; sustained peak {:.0} receipts/s over the next {:.0} s",
@@ -81,6 +84,10 @@ fn main() {
         burst.as_secs_f64(),
         count(&second) / took.as_secs_f64(),
         took.as_secs_f64()
+    );
+    println!(
+        "  node CPU per receipt over it (us): {}",
+        tally_benches::cpu_per_receipt(&cpu_before, &cpu_after, second.len() * 256)
     );
     let peak = count(&second) / took.as_secs_f64();
     drop((first, second));

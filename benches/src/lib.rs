@@ -104,6 +104,21 @@ pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<&'static str, u64> {
     out
 }
 
+/// CPU each kind of thread used between two [`thread_cpu`] readings, in
+/// microseconds per receipt of the phase, with the total.
+pub fn cpu_per_receipt(
+    before: &std::collections::BTreeMap<&'static str, u64>,
+    after: &std::collections::BTreeMap<&'static str, u64>,
+    receipts: usize,
+) -> String {
+    let per = |ns: u64| ns as f64 / 1e3 / receipts as f64;
+    let used: Vec<(&str, u64)> =
+        after.iter().map(|(kind, ns)| (*kind, ns.saturating_sub(before.get(kind).copied().unwrap_or(0)))).collect();
+    let total: u64 = used.iter().map(|(_, ns)| ns).sum();
+    let parts: Vec<String> = used.iter().map(|(kind, ns)| format!("{kind} {:.1}", per(*ns))).collect();
+    format!("{}; total {:.1}", parts.join(", "), per(total))
+}
+
 /// Bytes of every file under `dir`.
 pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
