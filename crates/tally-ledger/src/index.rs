@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use tally_core::Hash;
 
 use crate::error::LedgerError;
+use crate::store::{PARTY_RECORD_SEQS, party_key, party_value};
 
 /// Entries whose index records are collected in the window before they are frozen, sorted
 /// and written out as one run. About 7 MiB of window; two runs at most are in memory.
@@ -240,7 +241,8 @@ pub(crate) struct Run {
     pub to: u64,
     dedup: Vec<(Hash, u64)>,
     leaves: Vec<[u8; 16]>,
-    parties: Vec<[u8; 16]>,
+    /// `parties` records: up to [`PARTY_RECORD_SEQS`] of a participant's entries each.
+    parties: Vec<([u8; 16], Vec<u8>)>,
     /// Records written so far, counting through `dedup`, then `leaves`, then `parties`.
     written: usize,
 }
@@ -268,9 +270,11 @@ impl Run {
         // Participants in order; each one's entries are already in order.
         let mut by_party: Vec<(&u64, &Vec<u64>)> = part.parties.iter().collect();
         by_party.sort_unstable_by_key(|(party, _)| **party);
-        let mut parties = Vec::with_capacity(part.party_records);
+        let mut parties = Vec::with_capacity(part.party_records.div_ceil(PARTY_RECORD_SEQS) + by_party.len());
         for (party, seqs) in by_party {
-            parties.extend(seqs.iter().map(|seq| crate::store::party_key(*party, *seq)));
+            parties.extend(
+                seqs.chunks(PARTY_RECORD_SEQS).map(|run| (party_key(*party, run[0]), party_value(run[0], &run[1..]))),
+            );
         }
         Self { from: part.from, to: part.to, dedup, leaves, parties, written: 0 }
     }
@@ -306,7 +310,8 @@ impl Run {
             } else if i < d + l {
                 put(IndexFamily::LeafIndex, &self.leaves[i - d], &[]);
             } else {
-                put(IndexFamily::Parties, &self.parties[i - d - l], &[]);
+                let (key, value) = &self.parties[i - d - l];
+                put(IndexFamily::Parties, key, value);
             }
         }
         self.written = end;
@@ -382,10 +387,13 @@ mod tests {
             got.iter().filter(|(i, ..)| *i == IndexFamily::LeafIndex).map(|(_, k, _)| k.clone()).collect();
         assert_eq!(leaves.len(), 7);
         assert!(leaves.windows(2).all(|w| w[0] < w[1]));
-        let parties: Vec<_> =
-            got.iter().filter(|(i, ..)| *i == IndexFamily::Parties).map(|(_, k, _)| k.clone()).collect();
-        assert_eq!(parties.len(), 14);
-        assert!(parties.windows(2).all(|w| w[0] < w[1]));
+        // One record for each participant, holding its entries in order.
+        let parties: Vec<(u64, Vec<u64>)> = got
+            .iter()
+            .filter(|(i, ..)| *i == IndexFamily::Parties)
+            .map(|(_, k, v)| crate::store::party_seqs(k, v).unwrap())
+            .collect();
+        assert_eq!(parties, vec![(0, vec![12, 15]), (1, vec![10, 13, 16]), (2, vec![11, 14]), (7, (10..17).collect())]);
     }
 
     #[test]
@@ -393,9 +401,21 @@ mod tests {
         let mut part = Part::starting_at(0);
         part.add(&records(0, 1000));
         let run = Run::of(&part);
-        // 4 records an entry: a group of 100 entries writes 800 of the run's 4000.
-        assert_eq!(run.slice_len(100, false), 800);
+        // 2 index records an entry, and party records of up to 128 entries (participants 0,
+        // 1, 2: 3 records each; 7: 8): 2017 records, a group of 100 entries writes 404.
+        assert_eq!(run.slice_len(100, false), 404);
         assert_eq!(run.slice_len(1, false), RUN_SLICE_MIN);
-        assert_eq!(run.slice_len(1, true), 4000);
+        assert_eq!(run.slice_len(1, true), 2017);
+        // More entries of a participant than one record holds: split in order.
+        let mut got = Vec::new();
+        let mut run = run;
+        run.write_slice(usize::MAX, |index, k, v| {
+            if index == IndexFamily::Parties {
+                got.push(crate::store::party_seqs(k, v).unwrap());
+            }
+        });
+        let sevens: Vec<u64> = got.iter().filter(|(p, _)| *p == 7).flat_map(|(_, s)| s.clone()).collect();
+        assert_eq!(sevens, (0..1000).collect::<Vec<_>>());
+        assert!(got.iter().all(|(_, s)| s.len() <= PARTY_RECORD_SEQS));
     }
 }

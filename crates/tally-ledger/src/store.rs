@@ -114,6 +114,70 @@ pub(crate) fn party_key(party: u64, seq: u64) -> [u8; 16] {
     k
 }
 
+/// Most sequence numbers one `parties` record holds: its key's, and the rest in its value.
+pub(crate) const PARTY_RECORD_SEQS: usize = 128;
+
+/// `parties` value of a record whose key holds `first`: each of `rest` (ascending, all
+/// above `first`) as the unsigned LEB128 of its difference from the one before. Empty for
+/// a record of one entry, which is what every record was before records held several.
+pub(crate) fn party_value(first: u64, rest: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rest.len() * 2);
+    let mut prev = first;
+    for &seq in rest {
+        debug_assert!(seq > prev, "a party's entries are in order");
+        let mut delta = seq - prev;
+        loop {
+            let byte = (delta & 0x7f) as u8;
+            delta >>= 7;
+            if delta == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        prev = seq;
+    }
+    out
+}
+
+/// The participant and sequence numbers of one `parties` record. A difference that is
+/// zero, runs past the value or past `u64`, or is longer than needed, is corruption.
+pub(crate) fn party_seqs(key: &[u8], value: &[u8]) -> Result<(u64, Vec<u64>), LedgerError> {
+    if key.len() != 16 {
+        return Err(LedgerError::Corrupted(format!("a parties key is {} bytes, not 16", key.len())));
+    }
+    let party = be_u64(&key[..8], "parties key")?;
+    let mut seq = be_u64(&key[8..], "parties key")?;
+    let mut seqs = vec![seq];
+    let first = seq;
+    let bad = |what: &str| LedgerError::Corrupted(format!("parties record of {party} at {first}: {what}"));
+    let mut at = 0;
+    while at < value.len() {
+        let (mut delta, mut shift) = (0u64, 0u32);
+        loop {
+            let Some(&byte) = value.get(at) else { return Err(bad("a difference runs past the value")) };
+            at += 1;
+            if shift == 63 && byte > 1 || shift > 63 {
+                return Err(bad("a difference overflows 64 bits"));
+            }
+            delta |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                if byte == 0 && shift > 7 {
+                    return Err(bad("a difference is encoded longer than needed"));
+                }
+                break;
+            }
+        }
+        if delta == 0 {
+            return Err(bad("a difference of zero"));
+        }
+        seq = seq.checked_add(delta).ok_or_else(|| bad("a sequence number overflows"))?;
+        seqs.push(seq);
+    }
+    Ok((party, seqs))
+}
+
 /// `leaf_index` key: the first 8 bytes of a leaf hash, then the sequence number, so the
 /// index costs 16 bytes a leaf; a lookup checks each candidate's full leaf hash.
 pub(crate) fn leaf_index_key(leaf_hash: &Hash, seq: u64) -> [u8; 16] {
@@ -578,15 +642,25 @@ impl Store {
     /// Sequence numbers of the entries that moved money of participant `party` or that it
     /// authored, from `from`, at most `limit`, among the records written out.
     pub(crate) fn party_entries(&self, party: u64, from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
+        let cf = self.cf(CF_PARTIES);
         let start = party_key(party, from);
-        let iter = self.db.iterator_cf(self.cf(CF_PARTIES), IteratorMode::From(&start, Direction::Forward));
-        let mut out = Vec::new();
-        for item in iter {
+        // A record holds up to `PARTY_RECORD_SEQS` entries from its key's on, so the one
+        // holding `from` may start before it: the last record at or before `start`.
+        let mut begin = start;
+        if let Some(item) = self.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Reverse)).next() {
             let (k, _) = item?;
-            if k.len() != 16 || k[..8] != party.to_be_bytes() || out.len() == limit {
+            if k.len() == 16 && k[..8] == party.to_be_bytes() {
+                begin.copy_from_slice(&k);
+            }
+        }
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&begin, Direction::Forward)) {
+            let (k, v) = item?;
+            if out.len() == limit || k.len() != 16 || k[..8] != party.to_be_bytes() {
                 break;
             }
-            out.push(be_u64(&k[8..], "parties key")?);
+            let (_, seqs) = party_seqs(&k, &v)?;
+            out.extend(seqs.into_iter().filter(|seq| *seq >= from).take(limit - out.len()));
         }
         Ok(out)
     }
@@ -787,6 +861,46 @@ impl NodeReader for Store {
 mod tests {
     use super::*;
     use tally_settlement::engine::CHARGES_TABLE;
+
+    #[test]
+    fn party_records_hold_several_entries_and_old_single_ones_still_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open");
+        let cf = store.cf(CF_PARTIES);
+        // Party 5: two old one-entry records, then records of several, one with a
+        // difference of 300 (two LEB128 bytes). Parties 4 and 6 around it.
+        store.db.put_cf(cf, party_key(5, 3), []).expect("put");
+        store.db.put_cf(cf, party_key(5, 9), []).expect("put");
+        store.db.put_cf(cf, party_key(5, 10), party_value(10, &[11, 12, 312])).expect("put");
+        store.db.put_cf(cf, party_key(5, 400), party_value(400, &[401])).expect("put");
+        store.db.put_cf(cf, party_key(4, 1), party_value(1, &[2, 500])).expect("put");
+        store.db.put_cf(cf, party_key(6, 0), []).expect("put");
+        let all = [3, 9, 10, 11, 12, 312, 400, 401];
+        assert_eq!(store.party_entries(5, 0, usize::MAX).unwrap(), all);
+        // From inside a record, past its last entry, and between records.
+        assert_eq!(store.party_entries(5, 11, usize::MAX).unwrap(), &all[3..]);
+        assert_eq!(store.party_entries(5, 13, 2).unwrap(), vec![312, 400]);
+        assert_eq!(store.party_entries(5, 4, 1).unwrap(), vec![9]);
+        assert_eq!(store.party_entries(5, 402, usize::MAX).unwrap(), Vec::<u64>::new());
+        assert_eq!(store.party_entries(4, 3, usize::MAX).unwrap(), vec![500]);
+        assert_eq!(store.party_entries(6, 0, usize::MAX).unwrap(), vec![0]);
+        assert_eq!(store.party_entries(7, 0, usize::MAX).unwrap(), Vec::<u64>::new());
+        assert_eq!(party_value(10, &[11, 12, 312]), vec![1, 1, 0xac, 0x02]);
+        // A damaged value is an error, never other entries.
+        let key = party_key(5, 10);
+        for bad in [
+            &[0x80][..],
+            &[0][..],
+            &[0x80, 0][..],
+            &[0xff; 10][..],
+            &[0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02][..],
+        ] {
+            assert!(party_seqs(&key, bad).is_err(), "{bad:?}");
+        }
+        assert!(party_seqs(&party_key(5, u64::MAX), &[1]).is_err(), "past u64");
+        store.db.put_cf(cf, party_key(5, 9), [0x80]).expect("put");
+        assert!(store.party_entries(5, 0, usize::MAX).is_err());
+    }
 
     #[test]
     fn charge_records_live_in_their_own_family_and_old_ones_move_there_on_open() {
