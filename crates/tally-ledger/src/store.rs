@@ -157,7 +157,7 @@ pub(crate) fn party_seqs(key: &[u8], value: &[u8]) -> Result<(u64, Vec<u64>), Le
         loop {
             let Some(&byte) = value.get(at) else { return Err(bad("a difference runs past the value")) };
             at += 1;
-            if shift == 63 && byte > 1 || shift > 63 {
+            if shift == 63 && byte > 1 {
                 return Err(bad("a difference overflows 64 bits"));
             }
             delta |= u64::from(byte & 0x7f) << shift;
@@ -642,26 +642,26 @@ impl Store {
     /// Sequence numbers of the entries that moved money of participant `party` or that it
     /// authored, from `from`, at most `limit`, among the records written out.
     pub(crate) fn party_entries(&self, party: u64, from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
-        let cf = self.cf(CF_PARTIES);
         let start = party_key(party, from);
+        let ours = |k: &[u8]| k.len() == 16 && k[..8] == party.to_be_bytes();
         // A record holds up to `PARTY_RECORD_SEQS` entries from its key's on, so the one
-        // holding `from` may start before it: the last record at or before `start`.
-        let mut begin = start;
-        if let Some(item) = self.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Reverse)).next() {
-            let (k, _) = item?;
-            if k.len() == 16 && k[..8] == party.to_be_bytes() {
-                begin.copy_from_slice(&k);
-            }
+        // holding `from` may start before it: the last record at or before `start`, if it
+        // is this participant's; otherwise its first record after `start`.
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_PARTIES));
+        iter.seek_for_prev(start);
+        if !iter.key().is_some_and(ours) {
+            iter.seek(start);
         }
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&begin, Direction::Forward)) {
-            let (k, v) = item?;
-            if out.len() == limit || k.len() != 16 || k[..8] != party.to_be_bytes() {
-                break;
-            }
-            let (_, seqs) = party_seqs(&k, &v)?;
+        while out.len() < limit
+            && let (Some(k), Some(v)) = (iter.key(), iter.value())
+            && ours(k)
+        {
+            let (_, seqs) = party_seqs(k, v)?;
             out.extend(seqs.into_iter().filter(|seq| *seq >= from).take(limit - out.len()));
+            iter.next();
         }
+        iter.status()?;
         Ok(out)
     }
 
