@@ -148,7 +148,8 @@ fn main() {
         ("verification (queue + verify)", "tally_verify_seconds"),
         ("commit (sequencer queue + group + fsync)", "tally_commit_seconds"),
         ("sequencer: apply per group", "tally_group_apply_seconds"),
-        ("sequencer: synced write per group", "tally_group_write_seconds"),
+        ("sequencer: write per group", "tally_group_write_seconds"),
+        ("syncer: fsync of the write-ahead log", "tally_sync_seconds"),
     ] {
         let (n, mean, p99) = tally_benches::histogram_between(&before, &after, name, 0.99);
         println!("  {what:<50} mean {mean:>6.2} ms  p99 <= {p99} ms  ({n})");

@@ -373,30 +373,46 @@ proptest! {
     }
 }
 
+/// Where a test holds the sequencer: see [`holding_config`].
+type Hold = std::sync::Arc<std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>>;
+
+/// A config whose sequencer, once [`hold_next`] was called, stops in the first one-entry
+/// group after writing it (before its sync), tells the test and waits to be let go.
+fn holding_config() -> (LedgerConfig, Hold) {
+    let hold: Hold = Default::default();
+    let mut c = config();
+    let observer_hold = hold.clone();
+    c.on_group = Some(std::sync::Arc::new(move |stats: &tally_ledger::GroupStats| {
+        if stats.entries == 1
+            && let Some((entered, go_on)) = observer_hold.lock().unwrap().take()
+        {
+            entered.send(()).unwrap();
+            let _ = go_on.recv();
+        }
+    }));
+    (c, hold)
+}
+
+/// Arm the hold: returns (in the group, let go). Made after the ledger, so that a failed
+/// assertion drops the sender first and the held sequencer gets going (rather than the
+/// ledger's drop waiting for it forever).
+fn hold_next(hold: &Hold) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (entered, in_commit) = std::sync::mpsc::channel();
+    let (release, go_on) = std::sync::mpsc::channel();
+    *hold.lock().unwrap() = Some((entered, go_on));
+    (in_commit, release)
+}
+
 /// The append queue is bounded: with the sequencer held inside a commit and the queue full,
 /// the next append is refused with `Busy` at once (its reply dropped unanswered), and every
 /// append queued before it is committed once the sequencer goes on.
 #[test]
 fn a_full_queue_refuses_appends_and_keeps_what_it_holds() {
-    use std::sync::mpsc;
-    use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
-    let (entered, in_commit) = mpsc::channel::<()>();
-    let (release, go_on) = mpsc::channel::<()>();
-    let hold = Arc::new(Mutex::new(Some((entered, go_on))));
-    let mut c = config();
-    let observer_hold = hold.clone();
-    // The first commit after set-up tells the test it is in and waits to be let go.
-    c.on_group = Some(Arc::new(move |stats: &tally_ledger::GroupStats| {
-        if stats.entries == 1
-            && let Some((entered, go_on)) = observer_hold.lock().unwrap().take()
-        {
-            entered.send(()).unwrap();
-            go_on.recv().unwrap();
-        }
-    }));
+    let (c, hold) = holding_config();
     let ledger = Ledger::open(dir.path(), c).unwrap();
     let size = set_up(&ledger, 1);
+    let (in_commit, release) = hold_next(&hold);
     let (reply, first) = tokio::sync::oneshot::channel();
     ledger.append_to(vec![verified(receipt(&lab_key(1), 1, 0, [0; 16]))], reply).unwrap();
     in_commit.recv().unwrap();
@@ -417,4 +433,39 @@ fn a_full_queue_refuses_appends_and_keeps_what_it_holds() {
         assert_eq!(appended(&answer.blocking_recv().unwrap().unwrap()), vec![size + 1 + i as u64]);
     }
     assert_eq!(ledger.size(), size + 1 + tally_ledger::QUEUE_REQUESTS_MAX as u64);
+}
+
+/// A group is written before it is durable (the sequencer hands it to the syncer when more
+/// is queued, and applies the next meanwhile), but nothing of it is answered or served
+/// until the sync: not its size, not its idempotency key, not the settlement state it made.
+#[test]
+fn a_written_group_is_neither_answered_nor_served_until_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, hold) = holding_config();
+    let ledger = Ledger::open(dir.path(), c).unwrap();
+    let size = set_up(&ledger, 1);
+    let (in_commit, release) = hold_next(&hold);
+    let first = verified(receipt(&lab_key(1), 1, 1, [1; 16]));
+    let first_id = first.dedup_id();
+    let (reply, first_answer) = tokio::sync::oneshot::channel();
+    ledger.append_to(vec![first], reply).unwrap();
+    in_commit.recv().unwrap();
+    // Written (in the store and the index window), not yet synced.
+    assert_eq!(ledger.size(), size);
+    assert_eq!(ledger.dedup(&first_id).unwrap(), None);
+    std::thread::scope(|s| {
+        // A reader of the settlement state waits for the sync.
+        let reader = s.spawn(|| ledger.settlement().unwrap().applied());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!reader.is_finished(), "the engine was served before its last group was durable");
+        // With a second append queued, the first group goes to the syncer.
+        let (reply, second_answer) = tokio::sync::oneshot::channel();
+        ledger.append_to(vec![verified(receipt(&lab_key(1), 1, 2, [2; 16]))], reply).unwrap();
+        release.send(()).unwrap();
+        assert_eq!(reader.join().unwrap(), size + 1);
+        assert_eq!(appended(&first_answer.blocking_recv().unwrap().unwrap()), vec![size]);
+        assert_eq!(appended(&second_answer.blocking_recv().unwrap().unwrap()), vec![size + 1]);
+    });
+    assert_eq!(ledger.dedup(&first_id).unwrap(), Some(size));
+    assert_eq!(ledger.size(), size + 2);
 }

@@ -1,11 +1,20 @@
 //! The ledger: recovery on open, the single sequencer thread with group commit, and
 //! checkpoint signing.
 //!
-//! Appends from any number of callers queue on a bounded channel. One thread takes
-//! everything queued (up to [`GROUP_ENTRIES_MAX`]), assigns sequence numbers, builds one
-//! RocksDB write batch, syncs it once and only then answers every caller in the group. The
-//! group grows with load on its own: when idle a group is one request, under load it is
-//! whatever arrived during the previous sync.
+//! Appends from any number of callers queue on a bounded channel. One thread, the
+//! sequencer, takes everything queued (up to [`GROUP_ENTRIES_MAX`]), assigns sequence
+//! numbers, applies settlement and writes the group as one RocksDB write batch, not yet
+//! synced. Then, if nothing more is queued, it syncs the write-ahead log itself, publishes
+//! the new size and answers the group's callers. If more is queued, it hands the group to
+//! a second thread, the syncer, and goes on to the next group: the syncer makes every group
+//! written by then durable with one fsync, then publishes and answers them, so the disk
+//! syncs one group while the next is applied. (At low load the hand-off would only add a
+//! thread wake-up to every answer.) The group grows with load on its own: when idle a group
+//! is one request, under load it is whatever arrived while the previous one was applied.
+//!
+//! Nothing is answered or served before it is durable: a sync covers every write that
+//! returned before it; reads are bounded by the published size; [`Ledger::settlement`]
+//! waits, holding the sequencer off, until the engine's state is durable.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,6 +47,8 @@ pub const ENTRIES_PER_APPEND_MAX: usize = 4096;
 pub const GROUP_ENTRIES_MAX: usize = 16384;
 /// Most append calls waiting for the sequencer; past this, appends fail with `Busy`.
 pub const QUEUE_REQUESTS_MAX: usize = 1024;
+/// Most written groups waiting for the syncer; past this the sequencer waits for the disk.
+const SYNC_QUEUE_GROUPS: usize = 64;
 /// What an appended entry adds to its group's write batch beyond its own bytes (leaf
 /// record, tree nodes, indexes, settlement writes), with headroom: sizes the batch up front.
 const BATCH_BYTES_PER_ENTRY: usize = 512;
@@ -60,13 +71,25 @@ pub struct GroupStats {
     pub entries: usize,
     /// Dedup lookups, settlement and building the write batch.
     pub apply: std::time::Duration,
-    /// The synced RocksDB write (write-ahead log, fsync, memtables); zero when nothing was
-    /// appended.
+    /// The RocksDB write (write-ahead log, memtables; the fsync is the syncer's, see
+    /// [`SyncStats`]); zero when nothing was appended.
     pub write: std::time::Duration,
 }
 
-/// Called by the sequencer thread after each group it committed; must be quick.
+/// Called by the sequencer thread after each group it wrote; must be quick.
 pub type GroupObserver = Arc<dyn Fn(&GroupStats) + Send + Sync>;
+
+/// One sync of the write-ahead log, by the syncer or by the sequencer itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Groups the sync made durable.
+    pub groups: usize,
+    /// The fsync.
+    pub sync: std::time::Duration,
+}
+
+/// Called by the syncer or the sequencer thread after each sync; must be quick.
+pub type SyncObserver = Arc<dyn Fn(&SyncStats) + Send + Sync>;
 
 /// The system clock.
 pub fn system_clock() -> Clock {
@@ -84,8 +107,10 @@ pub struct LedgerConfig {
     /// ledger never reaches a failed write (and RocksDB keeps room to flush and compact).
     pub min_free_bytes: u64,
     pub clock: Clock,
-    /// Told about every committed group (timings for metrics).
+    /// Told about every group written (timings for metrics).
     pub on_group: Option<GroupObserver>,
+    /// Told about every sync of the write-ahead log.
+    pub on_sync: Option<SyncObserver>,
     /// Entries whose index records are collected before they are written out as one sorted
     /// run (`index.rs`); [`INDEX_RUN_ENTRIES`] unless a test wants runs to turn over often.
     pub index_run_entries: u64,
@@ -101,6 +126,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .field("min_free_bytes", &self.min_free_bytes)
             .field("on_group", &self.on_group.is_some())
+            .field("on_sync", &self.on_sync.is_some())
             .field("index_run_entries", &self.index_run_entries)
             .finish()
     }
@@ -114,6 +140,7 @@ impl LedgerConfig {
             min_free_bytes: MIN_FREE_BYTES_DEFAULT,
             clock: system_clock(),
             on_group: None,
+            on_sync: None,
             index_run_entries: INDEX_RUN_ENTRIES,
         }
     }
@@ -173,22 +200,61 @@ enum Command {
     Checkpoint(CheckpointReply),
 }
 
-/// State readers share with the sequencer: only what has been committed.
+/// State readers share with the sequencer and the syncer: only what is durable.
 #[derive(Debug)]
 struct Published {
+    /// Entries durable in the store; the syncer and the sequencer move it.
     size: AtomicU64,
+    /// Held to signal `durable`, which wakes whoever waits for `size` to move or for
+    /// `failed` to be set ([`Published::wait_durable`]).
+    durable_lock: std::sync::Mutex<()>,
+    durable: std::sync::Condvar,
     genesis: RwLock<Option<GenesisInfo>>,
     checkpoint: RwLock<Option<(u64, String)>>,
-    /// The settlement engine. The sequencer holds the write lock from the first apply of a
-    /// group until the group is durable, so readers only ever see committed state.
+    /// The settlement engine. The sequencer holds the write lock while it applies and
+    /// writes a group; the group is durable only later, so readers wait for that too
+    /// ([`Ledger::settlement`]) and only ever see durable state.
     engine: RwLock<Engine<Store>>,
-    /// Set when the sequencer stopped after a failed write: the engine in memory may then
-    /// be ahead of the disk, so it is no longer served.
+    /// Set when a write or a sync failed: the engine in memory may then be ahead of the
+    /// disk, so it is no longer served, and the sequencer stops.
     failed: std::sync::atomic::AtomicBool,
     /// Index records of the latest entries, not yet (known to be) in the store. The
-    /// sequencer adds a group's before it publishes the group, and drops a run's only after
-    /// the run is durable in the store; lookups read it before the store.
+    /// sequencer adds a group's when it writes the group, and drops a run's once the run is
+    /// written to the store; lookups read it before the store, and answer only for entries
+    /// below the published size.
     window: RwLock<Window>,
+}
+
+impl Published {
+    /// Wait until the first `size` entries are durable; `Closed` once a write or sync has
+    /// failed (they never will be).
+    fn wait_durable(&self, size: u64) -> Result<(), LedgerError> {
+        let mut guard = self.durable_lock.lock().expect("lock");
+        loop {
+            if self.failed.load(Ordering::Acquire) {
+                return Err(LedgerError::Closed);
+            }
+            if self.size.load(Ordering::Acquire) >= size {
+                return Ok(());
+            }
+            guard = self.durable.wait(guard).expect("lock");
+        }
+    }
+
+    /// The first `size` entries are durable. Both the syncer and the sequencer (when it
+    /// syncs a group itself) publish; the size never moves back.
+    fn set_durable(&self, size: u64) {
+        self.size.fetch_max(size, Ordering::AcqRel);
+        let _guard = self.durable_lock.lock().expect("lock");
+        self.durable.notify_all();
+    }
+
+    /// A write or sync failed: stop serving the engine and wake every waiter.
+    fn set_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+        let _guard = self.durable_lock.lock().expect("lock");
+        self.durable.notify_all();
+    }
 }
 
 /// An open ledger. Reads go straight to the store; appends go through the sequencer.
@@ -247,6 +313,8 @@ impl Ledger {
         }
         let published = Arc::new(Published {
             size: AtomicU64::new(recovered.frontier.size()),
+            durable_lock: Default::default(),
+            durable: Default::default(),
             genesis: RwLock::new(recovered.genesis.clone()),
             checkpoint: RwLock::new(recovered.checkpoint.as_ref().map(|(s, n, _)| (*s, n.clone()))),
             engine: RwLock::new(engine),
@@ -262,6 +330,13 @@ impl Ledger {
             store.batch_put(&mut batch, CF_META, META_INDEXED, &size.to_be_bytes());
             store.write_synced(batch)?;
         }
+        let (sync_tx, sync_rx) = sync_channel(SYNC_QUEUE_GROUPS);
+        let on_sync = config.on_sync;
+        let syncer = Syncer { store: store.clone(), published: published.clone(), on_sync: on_sync.clone() };
+        let sync_thread = std::thread::Builder::new()
+            .name("tally-syncer".into())
+            .spawn(move || syncer.run(sync_rx))
+            .map_err(|e| LedgerError::Corrupted(format!("cannot start the syncer thread: {e}")))?;
         let mut sequencer = Sequencer {
             store: store.clone(),
             published: published.clone(),
@@ -279,6 +354,9 @@ impl Ledger {
             run_entries: config.index_run_entries.max(1),
             sorting: None,
             writing: None,
+            syncer: Some((sync_tx, sync_thread)),
+            peeked: None,
+            on_sync: on_sync.clone(),
         };
         // Entries committed after the last checkpoint (a crash between the two writes) get
         // a checkpoint now, checked for consistency with the last one like any other.
@@ -312,42 +390,50 @@ impl Ledger {
         self.published.genesis.read().expect("lock").as_ref().map(|g| g.asset_scale)
     }
 
-    /// Read the settlement engine at the committed state (balances, quotes, access checks,
-    /// charge records). Fails with `Closed` if the sequencer stopped after a failed write.
+    /// Read the settlement engine at the durable state (balances, quotes, access checks,
+    /// charge records). The sequencer may have applied a group that is not durable yet:
+    /// this then waits for the syncer (a sync, about a millisecond), holding the sequencer
+    /// off meanwhile. Fails with `Closed` if a write or sync failed.
     pub fn settlement(&self) -> Result<RwLockReadGuard<'_, Engine<Store>>, LedgerError> {
         if self.published.failed.load(Ordering::Acquire) {
             return Err(LedgerError::Closed);
         }
-        Ok(self.published.engine.read().expect("lock"))
+        let engine = self.published.engine.read().expect("lock");
+        self.published.wait_durable(engine.applied())?;
+        Ok(engine)
     }
 
     /// The sequence number an entry with this idempotency key (`Entry::dedup_id`) was
-    /// first appended at.
+    /// first appended at, if that entry is durable.
     pub fn dedup(&self, id: &Hash) -> Result<Option<u64>, LedgerError> {
+        let size = self.size();
         if let Some(seq) = self.published.window.read().expect("lock").dedup(id) {
-            return Ok(Some(seq));
+            return Ok(Some(seq).filter(|&seq| seq < size));
         }
         // A run leaves the window only once it is in the store.
-        self.store.dedup(id)
+        Ok(self.store.dedup(id)?.filter(|&seq| seq < size))
     }
 
-    /// The position of the leaf with this leaf hash.
+    /// The position of the leaf with this leaf hash, if that entry is durable.
     pub fn seq_of_leaf(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
+        let size = self.size();
         let candidates = self.published.window.read().expect("lock").leaf_candidates(&leaf_prefix(leaf_hash));
-        for seq in candidates {
+        for seq in candidates.into_iter().filter(|&seq| seq < size) {
             if self.store.leaf(seq)?.is_some_and(|l| l.leaf_hash() == *leaf_hash) {
                 return Ok(Some(seq));
             }
         }
-        self.store.seq_of_leaf(leaf_hash)
+        Ok(self.store.seq_of_leaf(leaf_hash)?.filter(|&seq| seq < size))
     }
 
-    /// Sequence numbers of the entries that moved money of participant `party` or that it
-    /// authored, from `from`, at most `limit`, in order.
+    /// Sequence numbers of the durable entries that moved money of participant `party` or
+    /// that it authored, from `from`, at most `limit`, in order.
     pub fn party_entries(&self, party: u64, from: u64, limit: usize) -> Result<Vec<u64>, LedgerError> {
+        let size = self.size();
         let mut seqs = self.published.window.read().expect("lock").party_entries(party, from, limit);
         // A run being written out may be in both; everything below the window is in the store.
         seqs.extend(self.store.party_entries(party, from, limit)?);
+        seqs.retain(|&seq| seq < size);
         seqs.sort_unstable();
         seqs.dedup();
         seqs.truncate(limit);
@@ -660,6 +746,71 @@ struct Sequencer {
     sorting: Option<JoinHandle<Run>>,
     /// The run being written out a slice per group.
     writing: Option<Run>,
+    /// Where written groups go to be synced and answered, and the syncer's thread.
+    syncer: Option<(SyncSender<Written>, JoinHandle<()>)>,
+    /// A command taken from the queue to see whether more is waiting: the next group's first.
+    peeked: Option<Command>,
+    on_sync: Option<SyncObserver>,
+}
+
+/// A group the sequencer has written, for the syncer to make durable and answer.
+struct Written {
+    /// The log's size with this group.
+    end: u64,
+    /// Whether the group wrote anything (one of only duplicates and rejections does not, but
+    /// is still answered in order: a duplicate may point at an entry not yet durable).
+    wrote: bool,
+    answers: Vec<(AppendReply, Vec<Outcome>)>,
+}
+
+/// The syncer: makes written groups durable, publishes the size and answers callers, in
+/// the order the groups were written.
+struct Syncer {
+    store: Store,
+    published: Arc<Published>,
+    on_sync: Option<SyncObserver>,
+}
+
+impl Syncer {
+    fn run(self, rx: Receiver<Written>) {
+        let mut failure: Option<LedgerError> = None;
+        while let Ok(first) = rx.recv() {
+            // Everything written by now: one sync covers it all.
+            let mut groups = vec![first];
+            groups.extend(rx.try_iter());
+            if failure.is_none() && groups.iter().any(|g| g.wrote) {
+                let started = std::time::Instant::now();
+                match self.store.sync_wal() {
+                    Ok(()) => {
+                        if let Some(observe) = &self.on_sync {
+                            observe(&SyncStats { groups: groups.len(), sync: started.elapsed() });
+                        }
+                    }
+                    Err(e) => {
+                        // Fail-stop, as for a failed write: what reached the disk is unknown.
+                        // The sequencer sees `failed` and stops; nothing more is answered Ok.
+                        eprintln!("tally-ledger: syncing the write-ahead log failed; stopping: {e}");
+                        self.published.set_failed();
+                        failure = Some(e);
+                    }
+                }
+            }
+            match &failure {
+                None => {
+                    let end = groups.last().expect("at least one").end;
+                    self.published.set_durable(end);
+                    for (reply, outcomes) in groups.into_iter().flat_map(|g| g.answers) {
+                        let _ = reply.send(Ok(outcomes));
+                    }
+                }
+                Some(e) => {
+                    for (reply, _) in groups.into_iter().flat_map(|g| g.answers) {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What one group will write, built before anything is committed.
@@ -677,11 +828,42 @@ struct Group {
 
 impl Sequencer {
     fn run(mut self, rx: Receiver<Command>) {
+        if self.serve(rx) {
+            // The channel closed: every queued append has been written. Once the syncer
+            // has made it durable, write the index window out, so the next open has nothing
+            // to rebuild, and sign the final state.
+            if self.published.wait_durable(self.frontier.size()).is_ok() {
+                if let Err(e) = self.write_out_index() {
+                    eprintln!("tally-ledger: writing the index window out failed (its journal holds it): {e}");
+                }
+                if let Err(e) = self.maybe_checkpoint(true) {
+                    eprintln!("tally-ledger: final checkpoint failed: {e}");
+                }
+            }
+        }
+        // The syncer answers what it holds and exits once its channel closes.
+        if let Some((tx, thread)) = self.syncer.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+
+    /// Take commands until the channel closes (true) or a write or sync fails (false).
+    fn serve(&mut self, rx: Receiver<Command>) -> bool {
         // An idle log still gets a checkpoint over its last entries once the interval has
         // passed, so clients are never left without one covering acknowledged entries.
         let idle = std::time::Duration::from_millis(self.checkpoint_interval_ms.clamp(1, 60_000));
         loop {
-            let first = match rx.recv_timeout(idle) {
+            if self.published.failed.load(Ordering::Acquire) {
+                // The syncer failed: stop taking appends. Queued ones are dropped with the
+                // channel, so their callers get `Closed`.
+                return false;
+            }
+            let received = match self.peeked.take() {
+                Some(cmd) => Ok(cmd),
+                None => rx.recv_timeout(idle),
+            };
+            let first = match received {
                 Ok(cmd) => cmd,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     // As after a commit: a failed checkpoint is reported and tried again later;
@@ -691,7 +873,7 @@ impl Sequencer {
                     }
                     continue;
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return true,
             };
             let mut appends = Vec::new();
             let mut checkpoint_replies = Vec::new();
@@ -710,7 +892,7 @@ impl Sequencer {
                     next = rx.try_recv().ok();
                 }
             }
-            if let Err(e) = self.commit_group(appends) {
+            if let Err(e) = self.commit_group(appends, &rx) {
                 // Fail-stop: after a failed write the state on disk is unknown (a failed
                 // fsync may still have persisted the batch), so continuing from memory could
                 // reuse sequence numbers. Stop; every later append gets `Closed`, and
@@ -719,7 +901,7 @@ impl Sequencer {
                 for reply in checkpoint_replies {
                     let _ = reply.send(Err(e.clone()));
                 }
-                return;
+                return false;
             }
             let forced = !checkpoint_replies.is_empty();
             let result = self.maybe_checkpoint(forced);
@@ -731,19 +913,16 @@ impl Sequencer {
                 let _ = reply.send(answer);
             }
         }
-        // The channel closed: every queued append has been committed. Write the index window
-        // out, so the next open has nothing to rebuild, and sign the final state.
-        if let Err(e) = self.write_out_index() {
-            eprintln!("tally-ledger: writing the index window out failed (its journal holds it): {e}");
-        }
-        if let Err(e) = self.maybe_checkpoint(true) {
-            eprintln!("tally-ledger: final checkpoint failed: {e}");
-        }
     }
 
-    /// Commit one group and answer its callers. An error means nothing of the group was
-    /// acknowledged and the sequencer must stop.
-    fn commit_group(&mut self, appends: Vec<(Vec<VerifiedEntry>, AppendReply)>) -> Result<(), LedgerError> {
+    /// Apply and write one group and hand it to the syncer, which answers its callers once
+    /// it is durable. An error means nothing of the group was acknowledged and the
+    /// sequencer must stop.
+    fn commit_group(
+        &mut self,
+        appends: Vec<(Vec<VerifiedEntry>, AppendReply)>,
+        rx: &Receiver<Command>,
+    ) -> Result<(), LedgerError> {
         if appends.is_empty() {
             return Ok(());
         }
@@ -826,46 +1005,80 @@ impl Sequencer {
             }
         }
         let applied = std::time::Instant::now();
+        let wrote = size != self.frontier.size();
         let result = match failed {
             Some(e) => Err(e),
-            // Only duplicates and rejections: nothing to make durable.
-            None if size == self.frontier.size() => Ok(()),
-            None => self.store.write_synced(group.batch),
+            // Only duplicates and rejections: nothing to write.
+            None if !wrote => Ok(()),
+            None => self.store.write_unsynced(group.batch),
         };
-        match result {
-            Ok(()) => {
-                if let Some(observe) = &self.on_group {
-                    let written = std::time::Instant::now();
-                    observe(&GroupStats {
-                        requests: appends.len(),
-                        entries,
-                        apply: applied - started,
-                        write: written - applied,
-                    });
-                }
-                self.frontier = group.frontier;
-                self.last_time_ms = group.time_ms;
-                if self.genesis.is_none() && group.genesis.is_some() {
-                    *self.published.genesis.write().expect("lock") = group.genesis.clone();
-                }
-                self.genesis = group.genesis;
-                self.add_to_window(&group.records, run_written);
-                self.published.size.store(size, Ordering::Release);
-                for ((_, reply), outcomes) in appends.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(outcomes));
-                }
-                Ok(())
+        // Readers may take the engine now: they wait for the syncer before reading it.
+        drop(engine);
+        if let Err(e) = result {
+            // Nothing of the group is acknowledged; every caller learns it failed. The
+            // engine has applied the group in memory, so it is withdrawn from readers.
+            self.published.set_failed();
+            for (_, reply) in appends {
+                let _ = reply.send(Err(e.clone()));
             }
-            Err(e) => {
-                // Nothing of the group is acknowledged; every caller learns it failed. The
-                // engine has applied the group in memory, so it is withdrawn from readers.
-                self.published.failed.store(true, Ordering::Release);
-                for (_, reply) in appends {
-                    let _ = reply.send(Err(e.clone()));
+            return Err(e);
+        }
+        let written = std::time::Instant::now();
+        self.frontier = group.frontier;
+        self.last_time_ms = group.time_ms;
+        let new_genesis = self.genesis.is_none() && group.genesis.is_some();
+        self.genesis = group.genesis;
+        // The next group's dedup lookups must see this one's keys before it is durable.
+        self.add_to_window(&group.records, run_written);
+        if let Some(observe) = &self.on_group {
+            observe(&GroupStats {
+                requests: appends.len(),
+                entries,
+                apply: applied - started,
+                write: written - applied,
+            });
+        }
+        let answers: Vec<(AppendReply, Vec<Outcome>)> =
+            appends.into_iter().zip(answers).map(|((_, reply), outcomes)| (reply, outcomes)).collect();
+        if self.peeked.is_none() {
+            self.peeked = rx.try_recv().ok();
+        }
+        if self.peeked.is_some() {
+            // More is waiting: the syncer syncs this group while the next one is applied.
+            let (tx, _) = self.syncer.as_ref().ok_or(LedgerError::Closed)?;
+            if tx.send(Written { end: size, wrote, answers }).is_err() {
+                // The syncer is gone (it never exits first unless it panicked): stop.
+                self.published.set_failed();
+                return Err(LedgerError::Closed);
+            }
+        } else {
+            // Nothing waiting: sync here and answer at once, since handing the group over
+            // would only add a thread wake-up to its latency. The sync also covers any
+            // group still with the syncer (a duplicate may point into one).
+            if wrote || self.published.size.load(Ordering::Acquire) < size {
+                let started = std::time::Instant::now();
+                if let Err(e) = self.store.sync_wal() {
+                    self.published.set_failed();
+                    for (reply, _) in answers {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    return Err(e);
                 }
-                Err(e)
+                if let Some(observe) = &self.on_sync {
+                    observe(&SyncStats { groups: 1, sync: started.elapsed() });
+                }
+            }
+            self.published.set_durable(size);
+            for (reply, outcomes) in answers {
+                let _ = reply.send(Ok(outcomes));
             }
         }
+        if new_genesis {
+            // Once, for the first group: the genesis facts are served only once durable.
+            self.published.wait_durable(size)?;
+            *self.published.genesis.write().expect("lock") = self.genesis.clone();
+        }
+        Ok(())
     }
 
     /// Add the next slice of the run being written out to `batch` (a group that appended
@@ -1035,6 +1248,8 @@ impl Sequencer {
         if size == prev_size || !(force || due) {
             return Ok(());
         }
+        // Sign only what is durable and published: the groups written so far first.
+        self.published.wait_durable(size)?;
         let root = self.frontier.root();
         // Pair assertion: the root from the stored tiles equals the in-memory frontier's.
         if merkle::root_at(&self.store, size)? != root {

@@ -505,6 +505,23 @@ impl Store {
         Ok(())
     }
 
+    /// Write a batch to the write-ahead log and the memtables without waiting for the disk:
+    /// it is readable at once and durable after the next [`Store::sync_wal`] (or synced
+    /// write). The sequencer's groups go this way, so that the next group is applied while
+    /// the sync thread waits for the disk (`ledger.rs`).
+    pub(crate) fn write_unsynced(&self, batch: WriteBatch) -> Result<(), LedgerError> {
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Make everything written so far durable: one fsync of the write-ahead log (RocksDB's
+    /// `SyncWAL`), safe beside concurrent writes; a write that returned before this call
+    /// is covered by it.
+    pub(crate) fn sync_wal(&self) -> Result<(), LedgerError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// The tree size recorded by the last committed batch.
     pub fn stored_size(&self) -> Result<u64, LedgerError> {
         match self.db.get_cf(self.cf(CF_META), META_SIZE)? {

@@ -226,6 +226,8 @@ impl Node {
         let metrics = Arc::new(metrics::Metrics::default());
         let observer = metrics.clone();
         ledger_config.on_group = Some(Arc::new(move |group| observer.observe_group(group)));
+        let observer = metrics.clone();
+        ledger_config.on_sync = Some(Arc::new(move |sync| observer.observe_sync(sync)));
         std::fs::create_dir_all(&config.data).map_err(|e| config::ConfigError::Invalid {
             field: "data",
             reason: format!("{}: {e}", config.data.display()),

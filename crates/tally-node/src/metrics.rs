@@ -90,18 +90,27 @@ pub struct Metrics {
     pub verify_seconds: Histogram,
     /// Connections closed on accept because `connections_max` were open.
     pub connections_refused: AtomicU64,
-    /// Per committed sequencer group: entries, apply time, synced-write time.
+    /// Per sequencer group: entries, apply time, write time (before the sync).
     pub group_entries: Histogram,
     pub group_apply_seconds: Histogram,
     pub group_write_seconds: Histogram,
+    /// Per sync of the write-ahead log: groups it made durable, fsync time.
+    pub sync_groups: Histogram,
+    pub sync_seconds: Histogram,
 }
 
 impl Metrics {
-    /// Record one group the sequencer committed.
+    /// Record one group the sequencer wrote.
     pub fn observe_group(&self, group: &tally_ledger::GroupStats) {
         self.group_entries.observe(group.entries as f64);
         self.group_apply_seconds.observe(group.apply.as_secs_f64());
         self.group_write_seconds.observe(group.write.as_secs_f64());
+    }
+
+    /// Record one sync of the write-ahead log.
+    pub fn observe_sync(&self, sync: &tally_ledger::SyncStats) {
+        self.sync_groups.observe(sync.groups as f64);
+        self.sync_seconds.observe(sync.sync.as_secs_f64());
     }
 }
 
@@ -120,6 +129,8 @@ impl Default for Metrics {
             group_entries: Histogram::new(GROUP_SIZES),
             group_apply_seconds: Histogram::new(SECONDS),
             group_write_seconds: Histogram::new(SECONDS),
+            sync_groups: Histogram::new(GROUP_SIZES),
+            sync_seconds: Histogram::new(SECONDS),
         }
     }
 }
@@ -176,7 +187,7 @@ impl Metrics {
             &mut out,
         );
         self.verify_seconds.render("tally_verify_seconds", "Time to decode and verify a submission.", &mut out);
-        self.group_entries.render("tally_group_entries", "Entries per group the sequencer committed.", &mut out);
+        self.group_entries.render("tally_group_entries", "Entries per group the sequencer wrote.", &mut out);
         self.group_apply_seconds.render(
             "tally_group_apply_seconds",
             "Sequencer time per group for dedup lookups, settlement and building the write batch.",
@@ -184,7 +195,17 @@ impl Metrics {
         );
         self.group_write_seconds.render(
             "tally_group_write_seconds",
-            "Sequencer time per group in the synced RocksDB write (write-ahead log, fsync, memtables).",
+            "Sequencer time per group in the RocksDB write (write-ahead log, memtables; the fsync is tally_sync_seconds).",
+            &mut out,
+        );
+        self.sync_groups.render(
+            "tally_sync_groups",
+            "Groups made durable by one sync of the write-ahead log.",
+            &mut out,
+        );
+        self.sync_seconds.render(
+            "tally_sync_seconds",
+            "Time per fsync of the write-ahead log, by the syncer or the sequencer (acknowledgements wait for it).",
             &mut out,
         );
         out
