@@ -7,16 +7,19 @@
 //! * the machine's ceiling: batch Ed25519 verification on every core (measured again after
 //!   the latency phase, since the machine's speed drifts);
 //! * sustained ingest over HTTP (receipts/s) and its ratio to the ceiling;
-//! * acknowledgement latency p50/p99/p999 at 50% of that peak, offered at a fixed rate,
-//!   then where it went (the node's histograms) and the node's CPU per receipt in that
-//!   phase by kind of thread (verification, sequencer, HTTP, RocksDB);
+//! * acknowledgement latency p50/p99/p999 at 50% of that peak, offered at a fixed rate:
+//!   for one second straight after the burst (how fast the node recovers while it still
+//!   flushes and compacts what the burst wrote), then, once the node has gone quiet, in
+//!   steady state for the rest of the receipts (the headline figure), with where that went
+//!   (the node's histograms) and the node's CPU per receipt by kind of thread
+//!   (verification, sequencer, HTTP, RocksDB);
 //! * the node's peak RSS;
 //! * bytes on disk per receipt, after a full compaction;
 //! * audit replay speed (tally-audit over the node's own export) and its ratio to the
 //!   ceiling.
 //!
 //! Run: `cargo bench -p tally-benches --bench node`. `TALLY_BENCH_RECEIPTS` sets the
-//! workload (default 200,000), `TALLY_BENCH_CONNECTIONS` (default 16) and
+//! workload (default 300,000: a third for the peak, the rest for latency), `TALLY_BENCH_CONNECTIONS` (default 16) and
 //! `TALLY_BENCH_BATCH` (receipts per request, default 256) the peak load's shape, and
 //! `TALLY_BENCH_LATENCY_BATCH` (default 32) the request size of the latency run and
 //! `TALLY_BENCH_LATENCY_LOAD` (percent of the peak, default 50) its rate.
@@ -37,7 +40,7 @@ fn main() {
     if tally_benches::node_child() {
         return;
     }
-    let count = env("TALLY_BENCH_RECEIPTS", 200_000);
+    let count = env("TALLY_BENCH_RECEIPTS", 300_000);
     let connections = env("TALLY_BENCH_CONNECTIONS", 16);
     let batch = env("TALLY_BENCH_BATCH", 256);
     let latency_batch = env("TALLY_BENCH_LATENCY_BATCH", 32);
@@ -65,9 +68,9 @@ fn main() {
             .expect("set-up");
         assert!(r.status().is_success());
     });
-    // The first half of the receipts measures peak ingest in `batch`-sized requests; the
-    // second half, in `latency_batch`-sized requests, latency at half that rate.
-    let (peak_part, latency_part) = receipts.split_at(receipts.len() / 2);
+    // The first third of the receipts measures peak ingest in `batch`-sized requests; the
+    // rest, in `latency_batch`-sized requests, latency at half that rate.
+    let (peak_part, latency_part) = receipts.split_at(receipts.len() / 3);
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(peak_part.chunks(batch).map(body).collect());
     let small: Arc<Vec<Vec<u8>>> = Arc::new(latency_part.chunks(latency_batch).map(body).collect());
 
@@ -92,55 +95,33 @@ fn main() {
     println!("  load generator CPU per receipt (us): {:.1}", load_cpu(peak_own_before, peak_part.len()));
 
     // Latency at 50% of peak (or TALLY_BENCH_LATENCY_LOAD): batches offered at a fixed
-    // rate, open loop.
+    // rate, open loop. First for one second straight after the burst, while the node still
+    // flushes and compacts what the burst wrote: how fast it recovers. Then, once the node
+    // has gone quiet, the rest: latency at that load in steady state, the headline figure.
+    let rate = peak * load_percent as f64 / 100.0 / latency_batch as f64;
+    let after_burst = (rate.ceil() as usize).min(small.len() / 4);
+    let recovery = runtime.block_on(open_loop(&http, &url, &small[..after_burst], rate));
+    report_latency(
+        &format!("ack latency at {load_percent}% of peak, in the first second after the burst:"),
+        &recovery,
+        latency_batch,
+    );
+    let settled = settle(node.process.id());
+    println!("  node quiet again after another {:.1} s (CPU under a tenth of a core)", settled.as_secs_f64());
     let base = format!("http://{}", node.addr);
     let before = runtime.block_on(tally_benches::scrape(&http, &base));
     let cpu_before = tally_benches::thread_cpu(node.process.id());
     let own_before = own_cpu_ns();
-    let latencies = runtime.block_on(async {
-        let rate = peak * load_percent as f64 / 100.0 / latency_batch as f64;
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        let start = tokio::time::Instant::now();
-        let mut tasks = Vec::new();
-        for (n, i) in (0..small.len()).enumerate() {
-            tokio::time::sleep_until(start + interval * n as u32).await;
-            let (http, url, bodies) = (http.clone(), url.clone(), small.clone());
-            tasks.push(tokio::spawn(async move {
-                let t = Instant::now();
-                let r = tally_benches::post(&http, &url, bodies[i].clone()).await;
-                // Shed (the node fell behind a fixed offered rate): counted and reported,
-                // so the rest of the run's figures still come out.
-                if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                    return None;
-                }
-                assert!(r.status().is_success(), "{}", r.status());
-                let _ = r.bytes().await;
-                Some(t.elapsed())
-            }));
-        }
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.expect("request"));
-        }
-        out
-    });
-    let shed = latencies.iter().filter(|l| l.is_none()).count();
-    let mut latencies: Vec<Duration> = latencies.into_iter().flatten().collect();
-    latencies.sort();
-    let pct = |q| if latencies.is_empty() { f64::NAN } else { tally_benches::percentile(&latencies, q) };
-    println!(
-        "ack latency at {load_percent}% of peak ({:.0} receipts/s offered)  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} requests of {latency_batch})",
-        peak * load_percent as f64 / 100.0,
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        latencies.len()
+    let steady = runtime.block_on(open_loop(&http, &url, &small[after_burst..], rate));
+    let steady_receipts: usize = latency_part.len() - after_burst * latency_batch;
+    report_latency(
+        &format!(
+            "ack latency at {load_percent}% of peak ({:.0} receipts/s offered), steady state:",
+            peak * load_percent as f64 / 100.0
+        ),
+        &steady,
+        latency_batch,
     );
-    if shed > 0 {
-        println!(
-            "  SHED: {shed} more requests answered 503 (the node fell behind the offered rate); not in the percentiles, but in the CPU per receipt below"
-        );
-    }
     // Where that latency went, from the node's own histograms over the same requests.
     let cpu_after = tally_benches::thread_cpu(node.process.id());
     let after = runtime.block_on(tally_benches::scrape(&http, &base));
@@ -158,9 +139,9 @@ fn main() {
     // what smaller requests at a lower rate cost.
     println!(
         "  node CPU per receipt (us): {}",
-        tally_benches::cpu_per_receipt(&cpu_before, &cpu_after, latency_part.len())
+        tally_benches::cpu_per_receipt(&cpu_before, &cpu_after, steady_receipts)
     );
-    println!("  load generator CPU per receipt (us): {:.1}", load_cpu(own_before, latency_part.len()));
+    println!("  load generator CPU per receipt (us): {:.1}", load_cpu(own_before, steady_receipts));
     // The machine's speed drifts (other tenants): the ceiling again, now that the latency
     // phase is over, says whether it ran on the machine the peak was measured on.
     let ceiling_after = tally_benches::ceiling(&receipts[..count.min(40_000)]);
@@ -200,6 +181,73 @@ fn main() {
         "audit replay (signatures, tree, settlement, checkpoints) {replay:>8.0} entries/s  = {:.0}% of the ceiling",
         replay / ceiling * 100.0
     );
+}
+
+/// Offer `bodies` at `rate` requests a second, open loop (each is sent on time whether or
+/// not the earlier ones are answered); each one's acknowledgement latency, or `None` if
+/// the node shed it with 503.
+async fn open_loop(http: &reqwest::Client, url: &str, bodies: &[Vec<u8>], rate: f64) -> Vec<Option<Duration>> {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(bodies.len());
+    for (n, body) in bodies.iter().enumerate() {
+        tokio::time::sleep_until(start + interval * n as u32).await;
+        let (http, url, body) = (http.clone(), url.to_string(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = tally_benches::post(&http, &url, body).await;
+            // Shed (the node fell behind a fixed offered rate): counted and reported, so
+            // the rest of the run's figures still come out.
+            if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                return None;
+            }
+            assert!(r.status().is_success(), "{}", r.status());
+            let _ = r.bytes().await;
+            Some(t.elapsed())
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("request"));
+    }
+    out
+}
+
+/// Print p50/p99/p999 of an open-loop run's latencies, and how many requests were shed.
+fn report_latency(what: &str, latencies: &[Option<Duration>], batch: usize) {
+    let shed = latencies.iter().filter(|l| l.is_none()).count();
+    let mut sorted: Vec<Duration> = latencies.iter().flatten().copied().collect();
+    sorted.sort();
+    let pct = |q| if sorted.is_empty() { f64::NAN } else { tally_benches::percentile(&sorted, q) };
+    println!(
+        "{what}  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  ({} requests of {batch})",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        sorted.len()
+    );
+    if shed > 0 {
+        println!(
+            "  SHED: {shed} more requests answered 503 (the node fell behind the offered rate); not in the percentiles, but in the CPU per receipt"
+        );
+    }
+}
+
+/// Wait until the node's threads together use under a tenth of a core over 200 ms (the
+/// burst's flushes and compactions are done), at most 30 s; how long that took.
+fn settle(pid: u32) -> Duration {
+    let t = Instant::now();
+    let busy = || tally_benches::thread_cpu(pid).values().sum::<u64>();
+    let mut last = busy();
+    while t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = busy();
+        if now - last < 20_000_000 {
+            break;
+        }
+        last = now;
+    }
+    t.elapsed()
 }
 
 /// CPU this process (the load generator) has used so far, in nanoseconds.
