@@ -30,8 +30,9 @@ pub(crate) const CF_PARTIES: &str = "parties";
 pub(crate) const CF_EFFECTS: &str = "effects";
 pub(crate) const CF_LEAF_INDEX: &str = "leaf_index";
 pub(crate) const CF_CHARGES: &str = "charges";
+pub(crate) const CF_REGISTRY: &str = "registry";
 pub(crate) const CF_INDEX_JOURNAL: &str = "index_journal";
-const COLUMN_FAMILIES: [&str; 12] = [
+const COLUMN_FAMILIES: [&str; 13] = [
     CF_ENTRIES,
     CF_LEAVES,
     CF_HASHES,
@@ -44,15 +45,23 @@ const COLUMN_FAMILIES: [&str; 12] = [
     CF_LEAF_INDEX,
     CF_CHARGES,
     CF_INDEX_JOURNAL,
+    CF_REGISTRY,
 ];
 
 /// The column family holding a settlement state key: per-receipt charge records in
-/// `charges`, everything else in `state`. Charge records are one per receipt, written in
-/// sequence order and rarely read; in `state` they made it the largest and busiest family,
-/// so every registry probe (several a receipt, mostly misses) checked the filters of many
-/// files. Apart, `state` stays small and `charges` is appended in order.
+/// `charges`, URL patterns (the registry) in `registry`, everything else in `state`.
+/// Charge records are one per receipt, written in sequence order and rarely read; in
+/// `state` they made it the largest and busiest family, so every registry probe (several a
+/// receipt, mostly misses) checked the filters of many files. `state` is still written by
+/// most receipts (first-fetch markers, unclaimed amounts, balances), so its memtable and
+/// level-0 files turn over all the time; the registry is written only by registry entries,
+/// so in its own family a probe checks a nearly empty memtable and few files.
 pub(crate) fn state_cf(key: &[u8]) -> &'static str {
-    if key.first() == Some(&tally_settlement::engine::CHARGES_TABLE) { CF_CHARGES } else { CF_STATE }
+    match key.first() {
+        Some(&tally_settlement::engine::CHARGES_TABLE) => CF_CHARGES,
+        Some(&tally_settlement::engine::PATTERNS_TABLE) => CF_REGISTRY,
+        _ => CF_STATE,
+    }
 }
 
 /// The block cache all column families share.
@@ -386,7 +395,7 @@ impl Store {
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_top_level_index_and_filter(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-            if *name == CF_DEDUP || *name == CF_STATE {
+            if [CF_DEDUP, CF_STATE, CF_REGISTRY].contains(name) {
                 // Dedup lookups and registry probes (one per URL prefix) are mostly misses:
                 // a bloom filter answers them without I/O.
                 table.set_bloom_filter(10.0, false);
@@ -440,33 +449,38 @@ impl Store {
         });
         let db = DB::open_cf_descriptors(&db_opts, dir, cfs)?;
         let store = Self { db: Arc::new(db) };
-        store.move_charges_out_of_state()?;
+        store.move_tables_out_of_state()?;
         Ok(store)
     }
 
-    /// Ledgers written before the `charges` family existed kept charge records in `state`.
-    /// Move them, in synced batches that each put and delete the same keys, so that a crash
-    /// part-way leaves every record in exactly one of the two and the next open carries on.
-    fn move_charges_out_of_state(&self) -> Result<(), LedgerError> {
+    /// Ledgers written before the `charges` and `registry` families existed kept charge
+    /// records and URL patterns in `state`. Move them, in synced batches that each put and
+    /// delete the same keys, so that a crash part-way leaves every record in exactly one of
+    /// the two and the next open carries on.
+    fn move_tables_out_of_state(&self) -> Result<(), LedgerError> {
         const MOVE_BATCH: usize = 10_000;
-        let prefix = [tally_settlement::engine::CHARGES_TABLE];
-        loop {
-            let mut batch = WriteBatch::default();
-            let mut moved = 0;
-            for item in self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::From(&prefix, Direction::Forward)) {
-                let (k, v) = item?;
-                if k.first() != Some(&prefix[0]) || moved == MOVE_BATCH {
+        for table in [tally_settlement::engine::CHARGES_TABLE, tally_settlement::engine::PATTERNS_TABLE] {
+            let prefix = [table];
+            let to = state_cf(&prefix);
+            loop {
+                let mut batch = WriteBatch::default();
+                let mut moved = 0;
+                for item in self.db.iterator_cf(self.cf(CF_STATE), IteratorMode::From(&prefix, Direction::Forward)) {
+                    let (k, v) = item?;
+                    if k.first() != Some(&table) || moved == MOVE_BATCH {
+                        break;
+                    }
+                    batch.put_cf(self.cf(to), &k, &v);
+                    batch.delete_cf(self.cf(CF_STATE), &k);
+                    moved += 1;
+                }
+                if moved == 0 {
                     break;
                 }
-                batch.put_cf(self.cf(CF_CHARGES), &k, &v);
-                batch.delete_cf(self.cf(CF_STATE), &k);
-                moved += 1;
+                self.write_synced(batch)?;
             }
-            if moved == 0 {
-                return Ok(());
-            }
-            self.write_synced(batch)?;
         }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -834,7 +848,7 @@ impl StateStore for Store {
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         let mut out = vec![None; keys.len()];
-        for cf in [CF_STATE, CF_CHARGES] {
+        for cf in [CF_STATE, CF_CHARGES, CF_REGISTRY] {
             let (at, these): (Vec<usize>, Vec<&[u8]>) =
                 keys.iter().enumerate().filter(|(_, k)| state_cf(k) == cf).map(|(i, k)| (i, *k)).unzip();
             if these.is_empty() {
@@ -887,7 +901,7 @@ impl NodeReader for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_settlement::engine::CHARGES_TABLE;
+    use tally_settlement::engine::{CHARGES_TABLE, PATTERNS_TABLE};
 
     #[test]
     fn party_records_hold_several_entries_and_old_single_ones_still_read() {
@@ -930,10 +944,10 @@ mod tests {
     }
 
     #[test]
-    fn charge_records_live_in_their_own_family_and_old_ones_move_there_on_open() {
+    fn charges_and_patterns_live_in_their_own_families_and_old_ones_move_there_on_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         let charge = [CHARGES_TABLE, 0, 0, 0, 0, 0, 0, 0, 7];
-        let other = [CHARGES_TABLE - 1, 1, 2];
+        let other = [PATTERNS_TABLE, 1, 2];
         {
             // As a ledger from before the split left it: charge records in `state`.
             let store = Store::open(dir.path()).expect("open");
@@ -945,12 +959,16 @@ mod tests {
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.db.get_cf(store.cf(CF_STATE), charge).expect("get"), None, "moved out of state");
         assert_eq!(store.db.get_cf(store.cf(CF_CHARGES), charge).expect("get").as_deref(), Some(&b"charge"[..]));
+        assert_eq!(store.db.get_cf(store.cf(CF_STATE), other).expect("get"), None, "moved out of state");
+        assert_eq!(store.db.get_cf(store.cf(CF_REGISTRY), other).expect("get").as_deref(), Some(&b"pattern"[..]));
+        let marker = [CHARGES_TABLE + 1, 9];
+        assert_eq!(store.db.get_cf(store.cf(CF_STATE), marker).expect("get").as_deref(), Some(&b"marker"[..]));
         // Reads route by table: one at a time, together, and by prefix.
         assert_eq!(store.get(&charge).expect("get").as_deref(), Some(&b"charge"[..]));
         let many = store.get_many(&[&other, &charge, &[CHARGES_TABLE, 1], &[CHARGES_TABLE + 1, 9]]).expect("get");
         assert_eq!(many, vec![Some(b"pattern".to_vec()), Some(b"charge".to_vec()), None, Some(b"marker".to_vec())]);
         assert_eq!(store.scan(CHARGES_TABLE).expect("scan"), vec![(charge.to_vec(), b"charge".to_vec())]);
-        assert_eq!(store.scan(CHARGES_TABLE - 1).expect("scan"), vec![(other.to_vec(), b"pattern".to_vec())]);
+        assert_eq!(store.scan(PATTERNS_TABLE).expect("scan"), vec![(other.to_vec(), b"pattern".to_vec())]);
     }
 
     /// A log-format record as RocksDB writes it: masked CRC, length, type, payload.

@@ -38,6 +38,9 @@ const I_CHARGES: u8 = 0x11;
 /// Table prefix of per-receipt charge records: one written for every receipt, keyed by its
 /// sequence number and rarely read, unlike every other table. A store may keep them apart.
 pub const CHARGES_TABLE: u8 = I_CHARGES;
+/// First key byte of the URL-pattern registry (registrations and reservations): written only
+/// by registry entries, read (mostly missed) by every receipt.
+pub const PATTERNS_TABLE: u8 = I_PATTERNS;
 const I_MARKERS: u8 = 0x12;
 const I_UNCLAIMED: u8 = 0x13;
 const I_SETTLED: u8 = 0x14;
