@@ -132,8 +132,8 @@ fn main() {
         ("sequencer: write per group", "tally_group_write_seconds"),
         ("syncer: fsync of the write-ahead log", "tally_sync_seconds"),
     ] {
-        let (n, mean, p99) = tally_benches::histogram_between(&before, &after, name, 0.99);
-        println!("  {what:<50} mean {mean:>6.2} ms  p99 <= {p99} ms  ({n})");
+        let (n, mean, p99, max) = tally_benches::histogram_between(&before, &after, name, 0.99);
+        println!("  {what:<50} mean {mean:>6.2} ms  p99 <= {p99} ms  max <= {max} ms  ({n})");
     }
     // And the node's CPU in that phase, by kind of thread, per receipt: beside the peak's,
     // what smaller requests at a lower rate cost.

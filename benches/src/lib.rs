@@ -260,13 +260,14 @@ pub async fn scrape(http: &reqwest::Client, base: &str) -> std::collections::Has
 }
 
 /// What a node histogram recorded between two scrapes: how many, their mean in
-/// milliseconds, and the upper bound (ms) of the bucket holding the `q` quantile.
+/// milliseconds, the upper bound (ms) of the bucket holding the `q` quantile, and that of
+/// the bucket holding the slowest.
 pub fn histogram_between(
     before: &std::collections::HashMap<String, f64>,
     after: &std::collections::HashMap<String, f64>,
     name: &str,
     q: f64,
-) -> (u64, f64, f64) {
+) -> (u64, f64, f64, f64) {
     let delta = |series: &str| after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
     let count = delta(&format!("{name}_count"));
     let mean = if count > 0.0 { delta(&format!("{name}_sum")) / count * 1e3 } else { 0.0 };
@@ -277,6 +278,6 @@ pub fn histogram_between(
         .filter_map(|le| Some((le.parse::<f64>().ok()?, delta(&format!("{name}_bucket{{le=\"{le}\"}}")))))
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let bound = buckets.iter().find(|(_, n)| *n >= q * count).map_or(f64::INFINITY, |(le, _)| le * 1e3);
-    (count as u64, mean, bound)
+    let bound = |q: f64| buckets.iter().find(|(_, n)| *n >= q * count).map_or(f64::INFINITY, |(le, _)| le * 1e3);
+    (count as u64, mean, bound(q), bound(1.0))
 }
