@@ -242,7 +242,8 @@ fn settle(pid: u32) -> Duration {
     while t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(200));
         let now = busy();
-        if now - last < 20_000_000 {
+        // A thread that exits takes its time out of the sum: count that as quiet, not busy.
+        if now.saturating_sub(last) < 20_000_000 {
             break;
         }
         last = now;
