@@ -690,25 +690,39 @@ async fn overload_and_slow_clients_get_503() {
         c.request_timeout_ms = Some(2_000);
     })
     .await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(b"{\"entries\": [".to_vec())).await.unwrap();
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let slow = node
-        .http
-        .post(format!("{}/v1/entries", node.base))
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(body))
-        .send();
-    let slow = tokio::spawn(slow);
-    // Once the slow request holds the slot (its headers have arrived), others are shed.
-    let mut r = node.get("/healthz").await;
-    for _ in 0..75 {
-        if r.status().as_u16() == 503 {
-            break;
+    // A request whose body never ends. It can lose the race for the one slot to a health
+    // check below, and is then shed itself; the set-up is tried again in that case.
+    let mut attempts = 0;
+    let (r, slow, tx) = loop {
+        attempts += 1;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        tx.send(Ok(b"{\"entries\": [".to_vec())).await.unwrap();
+        let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let slow = node
+            .http
+            .post(format!("{}/v1/entries", node.base))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        let slow = tokio::spawn(slow);
+        // Once the slow request holds the slot (its headers have arrived), others are shed.
+        let mut r = node.get("/healthz").await;
+        for _ in 0..75 {
+            if r.status().as_u16() == 503 || slow.is_finished() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            r = node.get("/healthz").await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        r = node.get("/healthz").await;
-    }
+        if r.status().as_u16() == 503 {
+            break (r, slow, tx);
+        }
+        assert!(slow.is_finished(), "the slow request neither held the slot nor ended");
+        let lost = slow.await.unwrap().unwrap();
+        assert_eq!(lost.status().as_u16(), 503, "a slow request that ended early was shed");
+        assert_eq!(code(&lost.json().await.unwrap()), "overloaded");
+        assert!(attempts < 5, "the slow request lost the slot to a health check {attempts} times");
+    };
     assert_eq!(r.status().as_u16(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(code(&r.json().await.unwrap()), "overloaded");
