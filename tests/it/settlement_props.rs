@@ -10,7 +10,7 @@ use tally_core::decimal::Dec;
 use tally_core::entry::{Body, Entry, Receipt, ReceiptCore, Usage, VerifiedEntry};
 use tally_core::kinds::*;
 use tally_core::sig::SigningKey;
-use tally_settlement::{Account, Engine, MemoryStore};
+use tally_settlement::{Account, Engine, MemoryStore, StateError, StateStore};
 use tally_tests::{collective_key, genesis, participant_key, verified};
 
 const LABS: [u64; 3] = [1, 2, 3];
@@ -229,6 +229,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct World {
     engine: Engine<MemoryStore>,
     appended: Vec<(VerifiedEntry, u64)>,
+    /// Every entry offered, appended or rejected, with its time.
+    offered: Vec<(VerifiedEntry, u64)>,
     clock: u64,
     receipts: Vec<u64>,
     nonce: u64,
@@ -242,6 +244,7 @@ impl World {
         let seq = self.appended.len() as u64;
         let kind = entry.kind();
         let root = self.engine.state_root();
+        self.offered.push((entry.clone(), self.clock));
         match self.engine.apply(&entry, seq, self.clock).expect("memory state does not fail") {
             Ok(effect) => {
                 assert_eq!(effect.postings.iter().map(|p| p.amount).sum::<i128>(), 0, "postings sum to zero");
@@ -384,6 +387,7 @@ pub fn random_log(seed: u64, ops: usize) -> Vec<(VerifiedEntry, u64)> {
     let mut w = World {
         engine: Engine::open(MemoryStore::default()).unwrap(),
         appended: Vec::new(),
+        offered: Vec::new(),
         clock: START_MS,
         receipts: Vec::new(),
         nonce: seed << 32,
@@ -407,6 +411,7 @@ proptest! {
         let mut w = World {
             engine: Engine::open(MemoryStore::default()).unwrap(),
             appended: Vec::new(),
+            offered: Vec::new(),
             clock: START_MS,
             receipts: Vec::new(),
             nonce: 0,
@@ -443,5 +448,103 @@ proptest! {
         let writes = replay.take_writes();
         replay.store_mut().apply(writes);
         prop_assert_eq!(replay.store(), w.engine.store(), "replay stores the same bytes");
+    }
+}
+
+/// A memory store that counts the keys read from it.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStore,
+    reads: std::cell::Cell<usize>,
+}
+
+impl StateStore for Counting {
+    // As the node's store says, so that the engine reads ahead.
+    const BATCHED_READS: bool = true;
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.get(key)
+    }
+
+    fn scan(&self, prefix: u8) -> Result<tally_settlement::state::Pairs, StateError> {
+        self.inner.scan(prefix)
+    }
+}
+
+/// Apply `offered` in groups of the given sizes, committing after each group as the node
+/// does, reading ahead with [`Engine::prefetch`] or not: every outcome, in order.
+fn apply_in_groups(
+    engine: &mut Engine<Counting>,
+    offered: &[(VerifiedEntry, u64)],
+    sizes: &[usize],
+    read_ahead: bool,
+) -> Vec<Result<tally_settlement::Effect, tally_settlement::Rejection>> {
+    let mut outcomes = Vec::new();
+    let mut seq = 0;
+    let mut rest = offered;
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (group, tail) = rest.split_at((*size).min(rest.len()));
+        rest = tail;
+        if read_ahead {
+            engine.prefetch(group.iter().map(|(e, _)| e)).expect("memory state does not fail");
+        }
+        let receipts_only = group.iter().all(|(e, _)| matches!(e.body(), Body::Receipt(_)));
+        let before = engine.store().reads.get();
+        for (entry, time) in group {
+            let outcome = engine.apply(entry, seq, *time).expect("memory state does not fail");
+            seq += u64::from(outcome.is_ok());
+            outcomes.push(outcome);
+        }
+        if read_ahead && receipts_only {
+            // Everything a receipt reads from indexed state was read ahead.
+            assert_eq!(engine.store().reads.get(), before, "a receipt read state that was not read ahead");
+        }
+        let writes = engine.take_writes();
+        engine.store_mut().inner.apply(writes);
+    }
+    outcomes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+    /// Reading a group's state ahead changes nothing: the same outcome for every entry
+    /// (rejections included), the same state root and the same stored bytes as applying
+    /// without it, whatever the group boundaries. Within a group, earlier entries' writes
+    /// (a registration, a first fetch's marker, money held) win over what was read ahead.
+    #[test]
+    fn reading_ahead_changes_no_outcome(
+        ops in prop::collection::vec(op(), 100..300),
+        sizes in prop::collection::vec(1..40usize, 1..8),
+    ) {
+        let mut w = World {
+            engine: Engine::open(MemoryStore::default()).unwrap(),
+            appended: Vec::new(),
+            offered: Vec::new(),
+            clock: START_MS,
+            receipts: Vec::new(),
+            nonce: 0,
+            rejections: 0,
+            codes: Default::default(),
+        };
+        w.apply(COLLECTIVE_ID, genesis(&collective_key()).body().clone());
+        for (author, body) in opening() {
+            w.apply(author, body);
+        }
+        for op in &ops {
+            w.run(op);
+        }
+        let mut plain = Engine::open(Counting::default()).unwrap();
+        let mut ahead = Engine::open(Counting::default()).unwrap();
+        let expected = apply_in_groups(&mut plain, &w.offered, &sizes, false);
+        let got = apply_in_groups(&mut ahead, &w.offered, &sizes, true);
+        prop_assert_eq!(&got, &expected);
+        prop_assert_eq!(got.iter().filter(|o| o.is_ok()).count(), w.appended.len());
+        prop_assert_eq!(ahead.state_root(), w.engine.state_root());
+        prop_assert_eq!(&ahead.store().inner, w.engine.store());
+        prop_assert_eq!(&plain.store().inner, w.engine.store());
     }
 }

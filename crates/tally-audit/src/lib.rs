@@ -345,6 +345,12 @@ impl<S: ApplyWrites> Auditor<S> {
             self.divergence = Some(fail(seq, "signature verification stopped (a verifier thread panicked)"));
             return;
         };
+        // What the chunk's receipts read from indexed state, in a few batched reads.
+        if let Err(e) = self.engine.prefetch(verdicts.iter().filter_map(|v| v.as_ref().ok())) {
+            let seq = self.frontier.size().checked_sub(1);
+            self.divergence = Some(fail(seq, format!("the auditor's state store failed: {e}")));
+            return;
+        }
         for ((record, leaf), verdict) in chunk.records.into_iter().zip(verdicts) {
             let seq = record.seq;
             let verified = match verdict {

@@ -972,6 +972,13 @@ impl Sequencer {
             }
             Err(e) => failed = Some(e),
         }
+        // The settlement state the new entries will read, in as few batched reads as well.
+        if failed.is_none() {
+            let new = appends.iter().flat_map(|(batch, _)| batch).zip(&stored).filter(|(_, s)| s.is_none());
+            if let Err(e) = engine.prefetch(new.map(|(entry, _)| entry)) {
+                failed = Some(corrupted(format!("settlement state read: {e}")));
+            }
+        }
         let mut stored = ids.into_iter().zip(stored);
         'requests: for (entries, _) in appends.iter().take_while(|_| failed.is_none()) {
             let mut outcomes = Vec::with_capacity(entries.len());

@@ -68,6 +68,8 @@ impl ScratchState {
 }
 
 impl StateStore for ScratchState {
+    const BATCHED_READS: bool = true;
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.db.get(key).map_err(state_storage)
     }

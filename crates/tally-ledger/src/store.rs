@@ -842,6 +842,8 @@ impl Store {
 }
 
 impl StateStore for Store {
+    const BATCHED_READS: bool = true;
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.db.get_cf(self.cf(state_cf(key)), key).map_err(state_storage)
     }

@@ -454,7 +454,49 @@ impl<S: StateStore> Engine<S> {
     }
 
     pub fn store_mut(&mut self) -> &mut S {
+        self.overlay.forget_reads();
         &mut self.store
+    }
+
+    /// Read ahead, in one batched lookup per step, the committed state that applying
+    /// `entries` will read for their receipts: the registry patterns that could match each
+    /// URL, each once-per-article marker, then the money held for each URL that no
+    /// registration covers. Applying reads the same values with or without this (the
+    /// outcome cannot differ); it only saves a store lookup per receipt and read. What was
+    /// read ahead is kept until the next [`Engine::take_writes`]. Nothing is done for a store
+    /// without [`StateStore::BATCHED_READS`].
+    pub fn prefetch<'a>(&mut self, entries: impl IntoIterator<Item = &'a VerifiedEntry>) -> Result<(), StateError> {
+        if !S::BATCHED_READS {
+            return Ok(());
+        }
+        let receipts: Vec<&Receipt> = entries
+            .into_iter()
+            .filter_map(|e| match e.body() {
+                Body::Receipt(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        // Typically an exact pattern, two or three prefixes and a marker per receipt.
+        let mut keys = Vec::with_capacity(receipts.len() * 6);
+        for r in &receipts {
+            let url = r.core.url.as_str();
+            keys.push(pattern_key(MatchKind::Exact, url));
+            keys.extend(prefix_candidates(url).map(|p| pattern_key(MatchKind::Prefix, p)));
+            if let Some(c) = self.contracts.get(&r.core.contract_id)
+                && c.terms.basis == ChargeBasis::OncePerArticle
+            {
+                keys.push(marker_key(c.seq, url).1);
+            }
+        }
+        self.overlay.prefetch(&self.store, keys)?;
+        let mut unregistered = Vec::new();
+        for r in &receipts {
+            let url = r.core.url.as_str();
+            if self.resolve(url)?.registration.is_none() {
+                unregistered.push(unclaimed_key(url));
+            }
+        }
+        self.overlay.prefetch(&self.store, unregistered)
     }
 
     pub fn meta(&self) -> Option<&Meta> {

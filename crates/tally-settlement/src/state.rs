@@ -13,7 +13,7 @@
 //! The node keeps state in RocksDB (in the same write batch as the log entries it came
 //! from); tests and the auditor use [`MemoryStore`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bincode::{Decode, Encode};
 use sha2::{Digest, Sha256};
@@ -41,6 +41,11 @@ pub trait StateStore {
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         keys.iter().map(|k| self.get(k)).collect()
     }
+    /// Whether one [`StateStore::get_many`] of many keys costs much less than as many
+    /// single reads, so that [`crate::Engine::prefetch`] is worth doing. It is for RocksDB
+    /// (a batched multi-get shares the per-call work); for a map in memory, reading ahead
+    /// only copies values that were a lookup away.
+    const BATCHED_READS: bool = false;
     /// Every committed pair whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: u8) -> Result<Pairs, StateError>;
 }
@@ -233,33 +238,42 @@ pub(crate) fn chain_write(digest: &Hash, key: &[u8], value: Option<&[u8]>) -> Ha
     h.finalize().into()
 }
 
-/// Indexed-table reads through the overlay of writes not yet committed.
+/// Indexed-table reads through the overlay of writes not yet committed, and of committed
+/// values read ahead for the group being applied.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Committed values read by [`Overlay::prefetch`]. The store changes only when the
+    /// pending writes are committed, so these are dropped with them ([`Overlay::drain`])
+    /// and whenever the store is handed out mutably ([`Overlay::forget_reads`]).
+    fetched: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Overlay {
-    pub(crate) fn get<S: StateStore, V: Decode<()>>(&self, store: &S, key: &[u8]) -> Result<Option<V>, StateError> {
-        let raw = match self.pending.get(key) {
-            Some(v) => v.clone(),
-            None => store.get(key)?,
-        };
-        raw.map(|bytes| decode_record(key, &bytes)).transpose()
+    /// The value of `key`: pending write, value read ahead, or the store's.
+    fn raw<S: StateStore>(&self, store: &S, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        match self.pending.get(key).or_else(|| self.fetched.get(key)) {
+            Some(v) => Ok(v.clone()),
+            None => store.get(key),
+        }
     }
 
-    /// [`Overlay::get`] for several keys, with one store lookup for those not pending.
+    pub(crate) fn get<S: StateStore, V: Decode<()>>(&self, store: &S, key: &[u8]) -> Result<Option<V>, StateError> {
+        self.raw(store, key)?.map(|bytes| decode_record(key, &bytes)).transpose()
+    }
+
+    /// [`Overlay::get`] for several keys, with one store lookup for those not at hand.
     pub(crate) fn get_many<S: StateStore, V: Decode<()>>(
         &self,
         store: &S,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<V>>, StateError> {
-        let missing: Vec<&[u8]> =
-            keys.iter().filter(|k| !self.pending.contains_key(k.as_slice())).map(Vec::as_slice).collect();
-        let mut stored = store.get_many(&missing)?.into_iter();
+        let at_hand = |k: &[u8]| self.pending.get(k).or_else(|| self.fetched.get(k));
+        let missing: Vec<&[u8]> = keys.iter().map(Vec::as_slice).filter(|k| at_hand(k).is_none()).collect();
+        let mut stored = if missing.is_empty() { Vec::new() } else { store.get_many(&missing)? }.into_iter();
         keys.iter()
             .map(|key| {
-                let raw = match self.pending.get(key) {
+                let raw = match at_hand(key) {
                     Some(v) => v.clone(),
                     None => stored.next().flatten(),
                 };
@@ -268,14 +282,36 @@ impl Overlay {
             .collect()
     }
 
+    /// Read the committed values of `keys` (those not pending or read already) in one
+    /// batched store lookup, for the reads that follow until the next commit.
+    pub(crate) fn prefetch<S: StateStore>(&mut self, store: &S, mut keys: Vec<Vec<u8>>) -> Result<(), StateError> {
+        keys.retain(|k| !self.pending.contains_key(k) && !self.fetched.contains_key(k));
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let values = store.get_many(&refs)?;
+        self.fetched.extend(keys.into_iter().zip(values));
+        Ok(())
+    }
+
     pub(crate) fn put<V: Encode>(&mut self, digest: &mut Hash, key: Vec<u8>, value: Option<&V>) {
         let bytes = value.map(codec::encode);
         *digest = chain_write(digest, &key, bytes.as_deref());
         self.pending.insert(key, bytes);
     }
 
+    /// Take the pending writes for commit; what was read ahead is stale once they are.
     pub(crate) fn drain(&mut self, writes: &mut Writes) {
         writes.extend(std::mem::take(&mut self.pending));
+        self.forget_reads();
+    }
+
+    /// Drop what was read ahead (the store is about to change under it).
+    pub(crate) fn forget_reads(&mut self) {
+        self.fetched.clear();
     }
 }
 
