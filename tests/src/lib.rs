@@ -187,13 +187,26 @@ pub fn all_verified(entries: Vec<Entry>) -> Vec<VerifiedEntry> {
 /// export is read a page at a time on another thread while the auditor replays the page
 /// before, as a client fetching pages over HTTP would.
 pub fn audit_ledger(ledger: &tally_ledger::Ledger, key: tally_core::sig::PublicKey) -> tally_audit::Report {
+    audit_ledger_with(ledger, key, tally_settlement::MemoryStore::default())
+}
+
+/// [`audit_ledger`] with the replayed state kept in `state` (empty), as `tally audit` keeps
+/// it in a [`tally_ledger::ScratchState`].
+pub fn audit_ledger_with<S: tally_settlement::ApplyWrites>(
+    ledger: &tally_ledger::Ledger,
+    key: tally_core::sig::PublicKey,
+    state: S,
+) -> tally_audit::Report {
     const PAGE_ENTRIES: usize = 8192;
     let store = ledger.store().clone();
     let size = ledger.size();
     let notes: Vec<String> =
         store.checkpoints(0, usize::MAX).expect("checkpoints").into_iter().map(|(_, n)| n).collect();
     let origin = ledger.genesis().expect("a genesis").origin;
-    let mut auditor = tally_audit::Auditor::new(tally_audit::Pins { origin, key }, notes, Vec::new());
+    let no_tiles: Box<std::collections::HashMap<String, Vec<u8>>> = Box::default();
+    let mut auditor =
+        tally_audit::Auditor::with_tiles(tally_audit::Pins { origin, key }, notes, Vec::new(), no_tiles, state)
+            .expect("empty state opens");
     let (tx, rx) = std::sync::mpsc::sync_channel(2);
     let reader = std::thread::spawn(move || {
         let mut from = 0;
