@@ -239,6 +239,25 @@ struct World {
 }
 
 impl World {
+    /// Empty state, then genesis and the opening entries, with nonces from `nonce` up.
+    fn opened(nonce: u64) -> Self {
+        let mut w = World {
+            engine: Engine::open(MemoryStore::default()).unwrap(),
+            appended: Vec::new(),
+            offered: Vec::new(),
+            clock: START_MS,
+            receipts: Vec::new(),
+            nonce,
+            rejections: 0,
+            codes: Default::default(),
+        };
+        w.apply(COLLECTIVE_ID, genesis(&collective_key()).body().clone());
+        for (author, body) in opening() {
+            w.apply(author, body);
+        }
+        w
+    }
+
     fn apply(&mut self, author: u64, body: Body) {
         let entry = verified(Entry::sign(&key(author), body).expect("generated entries are well-formed"));
         let seq = self.appended.len() as u64;
@@ -384,20 +403,7 @@ pub fn random_log(seed: u64, ops: usize) -> Vec<(VerifiedEntry, u64)> {
         }),
     );
     let ops = prop::collection::vec(op(), ops).new_tree(&mut runner).unwrap().current();
-    let mut w = World {
-        engine: Engine::open(MemoryStore::default()).unwrap(),
-        appended: Vec::new(),
-        offered: Vec::new(),
-        clock: START_MS,
-        receipts: Vec::new(),
-        nonce: seed << 32,
-        rejections: 0,
-        codes: Default::default(),
-    };
-    w.apply(COLLECTIVE_ID, genesis(&collective_key()).body().clone());
-    for (author, body) in opening() {
-        w.apply(author, body);
-    }
+    let mut w = World::opened(seed << 32);
     for op in &ops {
         w.run(op);
     }
@@ -408,20 +414,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
     fn random_workloads_keep_the_books(ops in prop::collection::vec(op(), 100..400), reopen_at in any::<prop::sample::Index>()) {
-        let mut w = World {
-            engine: Engine::open(MemoryStore::default()).unwrap(),
-            appended: Vec::new(),
-            offered: Vec::new(),
-            clock: START_MS,
-            receipts: Vec::new(),
-            nonce: 0,
-            rejections: 0,
-            codes: Default::default(),
-        };
-        w.apply(COLLECTIVE_ID, genesis(&collective_key()).body().clone());
-        for (author, body) in opening() {
-            w.apply(author, body);
-        }
+        let mut w = World::opened(0);
         prop_assert_eq!(w.rejections, 0, "the opening is valid");
         let reopen = reopen_at.index(ops.len());
         for (i, op) in ops.iter().enumerate() {
@@ -520,20 +513,7 @@ proptest! {
         ops in prop::collection::vec(op(), 100..300),
         sizes in prop::collection::vec(1..40usize, 1..8),
     ) {
-        let mut w = World {
-            engine: Engine::open(MemoryStore::default()).unwrap(),
-            appended: Vec::new(),
-            offered: Vec::new(),
-            clock: START_MS,
-            receipts: Vec::new(),
-            nonce: 0,
-            rejections: 0,
-            codes: Default::default(),
-        };
-        w.apply(COLLECTIVE_ID, genesis(&collective_key()).body().clone());
-        for (author, body) in opening() {
-            w.apply(author, body);
-        }
+        let mut w = World::opened(0);
         for op in &ops {
             w.run(op);
         }
