@@ -33,6 +33,18 @@ fn url(i: u8) -> String {
     }
 }
 
+/// The exact pattern of `url(i)`, or a prefix of it: its section or its site, which the
+/// receipts of many other articles also fall under.
+fn pattern(i: u8, prefix: bool) -> UrlPattern {
+    let url = url(i);
+    if !prefix {
+        return UrlPattern::exact(&url).unwrap();
+    }
+    let section = &url[..=url.rfind('/').unwrap()];
+    let site = &url[..=url["https://".len()..].find('/').unwrap() + "https://".len()];
+    UrlPattern::prefix(if i.is_multiple_of(2) { section } else { site }).unwrap()
+}
+
 fn terms(lab: u64, kind: u8) -> ContractTerms {
     let d = |s: &str| Dec::parse(s).unwrap();
     ContractTerms {
@@ -187,6 +199,7 @@ enum Op {
         url: u8,
         usage: u8,
         on: bool,
+        prefix: bool,
     },
     Suspend {
         who: u8,
@@ -203,6 +216,7 @@ enum Op {
     Register {
         url: u8,
         by: u8,
+        prefix: bool,
     },
     Wait {
         ms: u32,
@@ -217,11 +231,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), any::<bool>()).prop_map(|(pick, confirm)| Op::Payout { pick, confirm }),
         2 => (any::<u8>(), any::<bool>()).prop_map(|(pick, by_publisher)| Op::Dispute { pick, by_publisher }),
         2 => (any::<u8>(), any::<bool>()).prop_map(|(pick, reverse)| Op::Resolve { pick, reverse }),
-        1 => (any::<u8>(), 0..6u8, any::<bool>()).prop_map(|(url, usage, on)| Op::Reserve { url, usage, on }),
+        1 => (any::<u8>(), 0..6u8, any::<bool>(), prop::bool::weighted(0.3)).prop_map(|(url, usage, on, prefix)| Op::Reserve { url, usage, on, prefix }),
         1 => (0..9u8, prop::bool::weighted(0.3)).prop_map(|(who, on)| Op::Suspend { who, on }),
         1 => (0..6u8, 0..1_000_000u32).prop_map(|(publisher, amount)| Op::Remit { publisher, amount }),
         1 => (any::<u8>(), 0..5u8).prop_map(|(url, by)| Op::Claim { url, by }),
-        1 => (any::<u8>(), 0..5u8).prop_map(|(url, by)| Op::Register { url, by }),
+        1 => (any::<u8>(), 0..5u8, prop::bool::weighted(0.3)).prop_map(|(url, by, prefix)| Op::Register { url, by, prefix }),
         2 => (0..3 * DAY_MS as u32).prop_map(|ms| Op::Wait { ms }),
     ]
 }
@@ -355,9 +369,9 @@ impl World {
                     Body::Resolve(Resolve { receipt_seq: seq, resolution, note: Text::new("n").unwrap(), nonce }),
                 )
             }
-            Op::Reserve { url: u, usage, on } => {
+            Op::Reserve { url: u, usage, on, prefix } => {
                 let nonce = self.fresh();
-                let pattern = UrlPattern::exact(&url(u)).unwrap();
+                let pattern = pattern(u, prefix);
                 self.apply(
                     10,
                     Body::Reserve(Reserve { pattern, usage: Usage::ALL[usize::from(usage)], reserved: on, nonce }),
@@ -378,13 +392,10 @@ impl World {
             Op::Claim { url: u, by } => {
                 self.apply(PUBLISHERS[usize::from(by)], Body::Claim(Claim { url: Text::new(url(u)).unwrap() }))
             }
-            Op::Register { url: u, by } => {
+            Op::Register { url: u, by, prefix } => {
                 let by = PUBLISHERS[usize::from(by)];
                 let n = self.fresh()[0];
-                self.apply(
-                    by,
-                    register(UrlPattern::exact(&url(u)).unwrap(), 1, Tier::ALL[usize::from(u % 3)], vec![], n),
-                )
+                self.apply(by, register(pattern(u, prefix), 1, Tier::ALL[usize::from(u % 3)], vec![], n))
             }
         }
     }
