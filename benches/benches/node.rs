@@ -23,6 +23,13 @@
 //! `TALLY_BENCH_BATCH` (receipts per request, default 256) the peak load's shape, and
 //! `TALLY_BENCH_LATENCY_BATCH` (default 32) the request size of the latency run and
 //! `TALLY_BENCH_LATENCY_LOAD` (percent of the peak, default 50) its rate.
+//!
+//! `TALLY_BENCH_LATENCY_LOG=<file>` writes the steady phase's requests to `<file>`, one line
+//! each: when it was due (Unix seconds) and its acknowledgement latency in milliseconds
+//! (`shed` if answered 503); and the node's RocksDB `LOG` to `<file>.rocksdb-LOG`. The slow
+//! acknowledgements come in clusters; lining them up with RocksDB's events (memtable
+//! switches, flushes, compactions, which its LOG times to the microsecond) shows what
+//! they coincide with.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +119,7 @@ fn main() {
     let before = runtime.block_on(tally_benches::scrape(&http, &base));
     let cpu_before = tally_benches::thread_cpu(node.process.id());
     let own_before = own_cpu_ns();
+    let steady_from = std::time::SystemTime::now();
     let steady = runtime.block_on(open_loop(&http, &url, &small[after_burst..], rate));
     let steady_receipts: usize = latency_part.len() - after_burst * latency_batch;
     report_latency(
@@ -149,6 +157,10 @@ fn main() {
         "ceiling again, after the latency phase                 {ceiling_after:>10.0} receipts/s  ({:+.0}%)",
         (ceiling_after / ceiling - 1.0) * 100.0
     );
+    let latency_log = std::env::var_os("TALLY_BENCH_LATENCY_LOG").map(std::path::PathBuf::from);
+    if let Some(path) = &latency_log {
+        write_latency_log(path, steady_from, 1.0 / rate, &steady);
+    }
     let rss = tally_benches::peak_rss(node.process.id()).unwrap_or(0);
     println!("node peak RSS                                          {:>10.1} MiB", rss as f64 / (1 << 20) as f64);
     let t = Instant::now();
@@ -157,6 +169,12 @@ fn main() {
 
     // Bytes on disk per receipt, after compaction.
     let ledger_dir = dir.path().join("ledger");
+    if let Some(path) = &latency_log {
+        let mut to = path.clone().into_os_string();
+        to.push(".rocksdb-LOG");
+        std::fs::copy(ledger_dir.join("LOG"), &to).expect("copy the node's RocksDB LOG");
+        println!("steady-phase latencies in {}, the node's RocksDB LOG in {}", path.display(), to.to_string_lossy());
+    }
     let t = Instant::now();
     let ledger = tally_ledger::Ledger::open(&ledger_dir, tally_ledger::LedgerConfig::new(None)).expect("reopen");
     println!("reopen (recovery, index and state checks)              {:>10.0} ms", t.elapsed().as_secs_f64() * 1e3);
@@ -222,6 +240,28 @@ async fn open_loop(http: &reqwest::Client, url: &str, bodies: &[Vec<u8>], rate: 
         out.push(t.await.expect("request"));
     }
     out
+}
+
+/// One line per request of an open-loop run that started at `from` with `interval` seconds
+/// between requests: when it was due (Unix seconds) and its latency in ms, or `shed`.
+fn write_latency_log(
+    path: &std::path::Path,
+    from: std::time::SystemTime,
+    interval: f64,
+    latencies: &[Option<Duration>],
+) {
+    use std::fmt::Write as _;
+    let from = from.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    let mut out = String::with_capacity(latencies.len() * 24);
+    for (n, latency) in latencies.iter().enumerate() {
+        let due = from + interval * n as f64;
+        match latency {
+            Some(l) => writeln!(out, "{due:.6} {:.3}", l.as_secs_f64() * 1e3),
+            None => writeln!(out, "{due:.6} shed"),
+        }
+        .expect("writing to a String");
+    }
+    std::fs::write(path, out).expect("write the latency log");
 }
 
 /// Print p50/p99/p999 of an open-loop run's latencies, and how many requests were shed.
