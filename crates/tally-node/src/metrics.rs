@@ -65,7 +65,10 @@ impl LabeledCounter {
     }
 }
 
-const SECONDS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Latency buckets, finer around the 10 ms acknowledgement target: with 5, 10 and 20 ms
+/// alone a p99 of 6 ms and one of 9.9 ms read the same.
+const SECONDS: &[f64] =
+    &[0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 const SIZES: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
 const GROUP_SIZES: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0];
 
