@@ -250,16 +250,18 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
-    /// The value of `key`: pending write, value read ahead, or the store's.
-    fn raw<S: StateStore>(&self, store: &S, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        match self.pending.get(key).or_else(|| self.fetched.get(key)) {
-            Some(v) => Ok(v.clone()),
-            None => store.get(key),
-        }
+    /// The value of `key` if it is at hand: a pending write or a value read ahead.
+    fn at_hand(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.pending.get(key).or_else(|| self.fetched.get(key))
     }
 
+    /// The value of `key`: pending write, value read ahead, or the store's. A value at hand
+    /// is decoded where it is, not copied first.
     pub(crate) fn get<S: StateStore, V: Decode<()>>(&self, store: &S, key: &[u8]) -> Result<Option<V>, StateError> {
-        self.raw(store, key)?.map(|bytes| decode_record(key, &bytes)).transpose()
+        match self.at_hand(key) {
+            Some(value) => value.as_deref().map(|bytes| decode_record(key, bytes)).transpose(),
+            None => store.get(key)?.map(|bytes| decode_record(key, &bytes)).transpose(),
+        }
     }
 
     /// [`Overlay::get`] for several keys, with one store lookup for those not at hand.
@@ -268,16 +270,12 @@ impl Overlay {
         store: &S,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<V>>, StateError> {
-        let at_hand = |k: &[u8]| self.pending.get(k).or_else(|| self.fetched.get(k));
-        let missing: Vec<&[u8]> = keys.iter().map(Vec::as_slice).filter(|k| at_hand(k).is_none()).collect();
+        let missing: Vec<&[u8]> = keys.iter().map(Vec::as_slice).filter(|k| self.at_hand(k).is_none()).collect();
         let mut stored = if missing.is_empty() { Vec::new() } else { store.get_many(&missing)? }.into_iter();
         keys.iter()
-            .map(|key| {
-                let raw = match at_hand(key) {
-                    Some(v) => v.clone(),
-                    None => stored.next().flatten(),
-                };
-                raw.map(|bytes| decode_record(key, &bytes)).transpose()
+            .map(|key| match self.at_hand(key) {
+                Some(value) => value.as_deref().map(|bytes| decode_record(key, bytes)).transpose(),
+                None => stored.next().flatten().map(|bytes| decode_record(key, &bytes)).transpose(),
             })
             .collect()
     }
