@@ -283,7 +283,7 @@ impl Overlay {
     /// Read the committed values of `keys` (those not pending or read already) in one
     /// batched store lookup, for the reads that follow until the next commit.
     pub(crate) fn prefetch<S: StateStore>(&mut self, store: &S, mut keys: Vec<Vec<u8>>) -> Result<(), StateError> {
-        keys.retain(|k| !self.pending.contains_key(k) && !self.fetched.contains_key(k));
+        keys.retain(|k| self.at_hand(k).is_none());
         keys.sort_unstable();
         keys.dedup();
         if keys.is_empty() {
