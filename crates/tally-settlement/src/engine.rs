@@ -285,6 +285,13 @@ fn pattern_key(kind: MatchKind, url: &str) -> Vec<u8> {
     k
 }
 
+/// The registry keys of every pattern that could match `url`: its exact pattern, then its
+/// prefixes, longest first (the order [`Engine::resolve`] gives precedence in).
+fn candidate_keys(url: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
+    std::iter::once(pattern_key(MatchKind::Exact, url))
+        .chain(prefix_candidates(url).map(|p| pattern_key(MatchKind::Prefix, p)))
+}
+
 fn charge_key(seq: u64) -> Vec<u8> {
     let mut k = vec![I_CHARGES];
     k.extend_from_slice(&seq.to_be_bytes());
@@ -480,8 +487,7 @@ impl<S: StateStore> Engine<S> {
         let mut keys = Vec::with_capacity(receipts.len() * 6);
         for r in &receipts {
             let url = r.core.url.as_str();
-            keys.push(pattern_key(MatchKind::Exact, url));
-            keys.extend(prefix_candidates(url).map(|p| pattern_key(MatchKind::Prefix, p)));
+            keys.extend(candidate_keys(url));
             if let Some(c) = self.contracts.get(&r.core.contract_id)
                 && c.terms.basis == ChargeBasis::OncePerArticle
             {
@@ -832,9 +838,7 @@ impl<S: StateStore> Engine<S> {
         let mut out = Resolved { registration: None, reserved: 0 };
         // Every candidate is needed (reservations at any level apply), so they are looked up
         // together: one batched store read instead of one read per path segment.
-        let exact = std::iter::once(pattern_key(MatchKind::Exact, url));
-        let keys: Vec<Vec<u8>> =
-            exact.chain(prefix_candidates(url).map(|p| pattern_key(MatchKind::Prefix, p))).collect();
+        let keys: Vec<Vec<u8>> = candidate_keys(url).collect();
         // Exact first, then the longest prefix: the first registration found wins.
         for rec in self.overlay.get_many::<_, PatternRecord>(&self.store, &keys)?.into_iter().flatten() {
             out.reserved |= rec.reserved;
