@@ -24,6 +24,10 @@
 //! `TALLY_BENCH_LATENCY_BATCH` (default 32) the request size of the latency run and
 //! `TALLY_BENCH_LATENCY_LOAD` (percent of the peak, default 50) its rate.
 //!
+//! The load generator asks for minimal answers (`Prefer: return=minimal`: each receipt's
+//! position, without its charge and postings), as a crawler submitting at this rate would;
+//! `TALLY_BENCH_ANSWER=full` asks for full ones (also in the `soak` bench).
+//!
 //! `TALLY_BENCH_LATENCY_LOG=<file>` writes the steady phase's requests to `<file>`, one line
 //! each: when it was due (Unix seconds) and its acknowledgement latency in milliseconds
 //! (`shed` if answered 503); and the node's RocksDB `LOG` to `<file>.rocksdb-LOG`. The slow
@@ -56,6 +60,7 @@ fn main() {
     println!(
         "workload: {count} pre-signed receipts from {LABS} labs; peak: {connections} connections x {batch} receipts/request; latency: {latency_batch}/request"
     );
+    println!("{}", tally_benches::answers());
     let receipts = tally_benches::presigned_receipts(count, LABS);
     let ceiling = tally_benches::ceiling(&receipts[..count.min(40_000)]);
     println!("ceiling: batch Ed25519 verification on every core      {ceiling:>10.0} receipts/s");

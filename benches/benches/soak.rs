@@ -54,6 +54,7 @@ fn main() {
     let batch = env("TALLY_SOAK_BATCH", 256) as usize;
     let window = (seconds / 6).clamp(1, 300);
     println!("tally soak on {}: {seconds} s at half of peak, windows of {window} s", tally_benches::machine());
+    println!("{}", tally_benches::answers());
     let dir = tempfile::tempdir().expect("temp dir");
     let node = tally_benches::ChildNode::spawn(dir.path());
     let url = format!("http://{}/v1/entries", node.addr);

@@ -196,14 +196,40 @@ pub fn node_child() -> bool {
     true
 }
 
+/// Whether the load generator asks for minimal answers (`Prefer: return=minimal`, each
+/// receipt's position without its charge and postings), as a crawler submitting at a high
+/// rate would: yes unless `TALLY_BENCH_ANSWER=full`.
+pub fn minimal_answers() -> bool {
+    static MINIMAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MINIMAL.get_or_init(|| match std::env::var("TALLY_BENCH_ANSWER").as_deref() {
+        Ok("full") => false,
+        Ok("minimal") | Err(_) => true,
+        Ok(other) => panic!("TALLY_BENCH_ANSWER is minimal or full, not {other:?}"),
+    })
+}
+
+/// How the load generator's answers are asked for, for a bench's header.
+pub fn answers() -> &'static str {
+    if minimal_answers() {
+        "minimal answers (Prefer: return=minimal; TALLY_BENCH_ANSWER=full for full ones)"
+    } else {
+        "full answers (charge and postings per receipt)"
+    }
+}
+
 /// Submit one binary body of entries.
 pub async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::Response {
-    http.post(url)
-        .header("content-type", tally_core::submission::ENTRIES_MEDIA_TYPE)
-        .body(body)
-        .send()
-        .await
-        .expect("send")
+    let request = http.post(url).header("content-type", tally_core::submission::ENTRIES_MEDIA_TYPE).body(body);
+    let request = if minimal_answers() { request.header("prefer", "return=minimal") } else { request };
+    let r = request.send().await.expect("send");
+    if r.status().is_success() {
+        assert_eq!(
+            r.headers().contains_key("preference-applied"),
+            minimal_answers(),
+            "the node answers in the shape asked for"
+        );
+    }
+    r
 }
 
 /// The `q` quantile of sorted durations, in milliseconds.

@@ -42,6 +42,13 @@ async fn crawler_receipts_settle_once() {
         assert_eq!(b.status, "duplicate");
         assert_eq!((a.seq, &a.leaf_hash, &a.charge), (b.seq, &b.leaf_hash, &b.charge));
     }
+    // Minimal answers: the original positions, without the charge.
+    let minimal = client.submit_minimal(&entries).await.unwrap();
+    for (a, m) in first.iter().zip(&minimal) {
+        assert_eq!(m.status, "duplicate");
+        assert_eq!((a.seq, &a.leaf_hash, a.time_ms), (m.seq, &m.leaf_hash, m.time_ms));
+        assert_eq!((&m.charge, &m.postings, &m.kind), (&None, &None, &None));
+    }
     #[derive(serde::Deserialize)]
     struct Spend {
         escrow: String,

@@ -228,6 +228,54 @@ async fn submission_settles_and_retries_are_idempotent() {
     node.node.shutdown().await;
 }
 
+/// `Prefer: return=minimal` (RFC 7240): each logged entry is answered with its position
+/// only, a duplicate with its original position, and the preference is confirmed; the
+/// entries settle exactly as with the full answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimal_answers_when_the_client_prefers_them() {
+    let node = start().await;
+    standard(&node).await;
+    let r1 = receipt(&lab_key(1), 1, 42, [42; 16]);
+    let full = node.submit_ok(std::slice::from_ref(&r1)).await;
+    let r2 = receipt(&lab_key(1), 1, 43, [43; 16]);
+    let unknown = receipt(&lab_key(9), 9, 44, [44; 16]);
+    let r = node
+        .http
+        .post(format!("{}/v1/entries", node.base))
+        .header("content-type", "application/vnd.tally.entries")
+        .header("prefer", "return=minimal")
+        .body(tally_core::submission::binary_body(&[r1, r2, unknown]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["preference-applied"], "return=minimal");
+    let v: Value = r.json().await.unwrap();
+    let results = v["results"].as_array().unwrap();
+    let keys = |r: &Value| r.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let position = ["index", "leaf_hash", "seq", "status", "time_ms"].map(String::from);
+    assert_eq!(keys(&results[0]), position);
+    assert_eq!(results[0]["status"], "duplicate");
+    for field in ["seq", "leaf_hash", "time_ms"] {
+        assert_eq!(results[0][field], full[0][field], "the original {field}");
+    }
+    assert_eq!(keys(&results[1]), position);
+    assert_eq!(results[1]["status"], "appended");
+    assert_eq!(results[1]["seq"], full[0]["seq"].as_u64().unwrap() + 1);
+    assert_eq!(results[2]["status"], "rejected");
+    assert_eq!(results[2]["code"], "unknown-author");
+    // Charged exactly as a full answer would have been: two receipts.
+    let (status, balances) = node.get_signed(&lab_key(1), "/v1/parties/1/balances").await;
+    assert_eq!(status, 200, "{balances}");
+    let escrow = balances["accounts"].as_array().unwrap().iter().find(|a| a["account"] == "escrow:1").unwrap();
+    assert_eq!(escrow["balance"], "999999.996000");
+    // Without the preference, the same duplicate gets the full original answer again.
+    let again = node.submit_ok(&[receipt(&lab_key(1), 1, 43, [43; 16])]).await;
+    assert_eq!(again[0]["status"], "duplicate");
+    assert_eq!(again[0]["charge"]["amount"], "0.002000");
+    node.node.shutdown().await;
+}
+
 /// Request-level errors are problem documents with specific codes; bad entries inside a
 /// batch are answered per entry and never reach the sequencer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

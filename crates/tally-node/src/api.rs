@@ -205,8 +205,43 @@ fn check_entries(
     (valid, invalid)
 }
 
+/// How much a submission's answer says about each logged entry (`specs/api.md`, "Minimal
+/// answers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Position, kind, receipt id, charge and postings (the default).
+    Full,
+    /// Position only (`Prefer: return=minimal`, RFC 7240): for crawlers that submit at a
+    /// high rate and read what they were charged later, if at all.
+    Minimal,
+}
+
+/// The answer the client prefers: `Minimal` when a `Prefer` field (RFC 7240 §2: a comma
+/// list of `token [= word] *(; parameter)`, names case-insensitive, any number of fields)
+/// asks for `return=minimal` and none asks for `return=representation`. A request asking
+/// for both, or anything else, gets the full answer, which is always correct to send.
+fn preferred_answer(headers: &HeaderMap) -> Answer {
+    let (mut minimal, mut full) = (false, false);
+    for value in headers.get_all("prefer") {
+        let Ok(value) = value.to_str() else { continue };
+        for preference in value.split(',') {
+            let head = preference.split(';').next().unwrap_or("");
+            let Some((name, word)) = head.split_once('=') else { continue };
+            if !name.trim().eq_ignore_ascii_case("return") {
+                continue;
+            }
+            let word = word.trim();
+            let word = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')).unwrap_or(word);
+            minimal |= word.eq_ignore_ascii_case("minimal");
+            full |= word.eq_ignore_ascii_case("representation");
+        }
+    }
+    if minimal && !full { Answer::Minimal } else { Answer::Full }
+}
+
 /// `POST /v1/entries`.
-pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Json<SubmitResponse>, Problem> {
+pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    let answer = preferred_answer(&headers);
     let max = state.config.entries_per_request_max;
     let media = content_type(&headers).to_ascii_lowercase();
     if media != "application/json" && media != ENTRIES_MEDIA_TYPE {
@@ -241,12 +276,16 @@ pub async fn submit(State(state): Shared, headers: HeaderMap, body: Body) -> Res
     };
     if let Some((Valid { indices, kinds, receipt_ids }, outcomes)) = appended {
         for (((index, kind), receipt_id), outcome) in indices.into_iter().zip(kinds).zip(receipt_ids).zip(outcomes) {
-            results.push(outcome_view(&state, index, kind, receipt_id, outcome)?);
+            results.push(outcome_view(&state, answer, index, kind, receipt_id, outcome)?);
         }
     }
     results.sort_by_key(|r| r.index);
     debug_assert_eq!(results.len(), count);
-    Ok(Json(SubmitResponse { results }))
+    let mut response = Json(SubmitResponse { results }).into_response();
+    if answer == Answer::Minimal {
+        response.headers_mut().insert("preference-applied", HeaderValue::from_static("return=minimal"));
+    }
+    Ok(response)
 }
 
 /// What a submission's answer needs from its valid entries once they are queued.
@@ -354,31 +393,39 @@ fn position_fields(r: &mut EntryResult, p: &Position) {
 
 fn outcome_view(
     state: &AppState,
+    answer: Answer,
     index: usize,
     kind: EntryKind,
     receipt_id: Option<Hash>,
     outcome: Outcome,
 ) -> Result<EntryResult, Problem> {
-    let mut r =
-        EntryResult { index, kind: Some(kind.as_str()), receipt_id: receipt_id.map(HexHash), ..Default::default() };
+    let mut r = EntryResult { index, ..Default::default() };
+    if answer == Answer::Full {
+        r.kind = Some(kind.as_str());
+        r.receipt_id = receipt_id.map(HexHash);
+    }
     match outcome {
         Outcome::Appended(p, effect) => {
             state.metrics.appended.add(kind.as_str(), 1);
             r.status = "appended";
             position_fields(&mut r, &p);
-            if let (Some(c), Some(contract)) = (&effect.charge, &effect.contract) {
-                r.charge = Some(charge_view(state, contract, effect.period, c));
+            if answer == Answer::Full {
+                if let (Some(c), Some(contract)) = (&effect.charge, &effect.contract) {
+                    r.charge = Some(charge_view(state, contract, effect.period, c));
+                }
+                r.postings = Some(postings_view(state, &effect.postings));
             }
-            r.postings = Some(postings_view(state, &effect.postings));
         }
         Outcome::Duplicate(p) => {
             state.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
             r.status = "duplicate";
             position_fields(&mut r, &p);
-            // The original answer: what the entry settled when it was appended.
-            let (charge, postings) = original_effect(state, p.seq)?;
-            r.charge = charge;
-            r.postings = Some(postings);
+            if answer == Answer::Full {
+                // The original answer: what the entry settled when it was appended.
+                let (charge, postings) = original_effect(state, p.seq)?;
+                r.charge = charge;
+                r.postings = Some(postings);
+            }
         }
         Outcome::Rejected(rejection) => {
             state.metrics.rejected.add(rejection.code(), 1);
@@ -996,4 +1043,39 @@ pub async fn openapi() -> Response {
 /// Any other path.
 pub async fn not_found() -> Problem {
     Problem::not_found("not-found", "no such resource; see /openapi.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefer(fields: &[&str]) -> Answer {
+        let mut headers = HeaderMap::new();
+        for f in fields {
+            headers.append("prefer", HeaderValue::from_str(f).unwrap());
+        }
+        preferred_answer(&headers)
+    }
+
+    #[test]
+    fn return_minimal_in_any_spelling_rfc_7240_allows() {
+        assert_eq!(prefer(&[]), Answer::Full);
+        assert_eq!(prefer(&["return=minimal"]), Answer::Minimal);
+        assert_eq!(prefer(&["Return = \"MINIMAL\""]), Answer::Minimal);
+        assert_eq!(prefer(&["respond-async, wait=10, return=minimal; foo=bar"]), Answer::Minimal);
+        assert_eq!(prefer(&["handling=lenient", "return=minimal"]), Answer::Minimal);
+    }
+
+    #[test]
+    fn anything_else_gets_the_full_answer() {
+        assert_eq!(prefer(&["return=representation"]), Answer::Full);
+        // Contradictory preferences: the full answer is always correct to send.
+        assert_eq!(prefer(&["return=minimal", "return=representation"]), Answer::Full);
+        assert_eq!(prefer(&["return=minimal, return=representation"]), Answer::Full);
+        // Not the `return` preference, or not its value.
+        assert_eq!(prefer(&["returns=minimal"]), Answer::Full);
+        assert_eq!(prefer(&["return=minimalist"]), Answer::Full);
+        assert_eq!(prefer(&["x; return=minimal"]), Answer::Full);
+        assert_eq!(prefer(&["return"]), Answer::Full);
+    }
 }
