@@ -4,8 +4,9 @@
 //! memory are its own; the load generator pre-signs every receipt before anything is timed
 //! (signing costs as much as verifying). In one run it prints:
 //!
-//! * the machine's ceiling: batch Ed25519 verification on every core (measured again after
-//!   the latency phase, since the machine's speed drifts);
+//! * the machine's ceiling: batch Ed25519 verification on every core, the median of five
+//!   passes (measured again after the latency phase and before the audit, since the
+//!   machine's speed drifts; each ratio is to the ceiling measured just before);
 //! * sustained ingest over HTTP (receipts/s) and its ratio to the ceiling;
 //! * acknowledgement latency p50/p99/p999 at 50% of that peak, offered at a fixed rate:
 //!   for one second straight after the burst (how fast the node recovers while it still
@@ -202,7 +203,16 @@ fn main() {
 
     // Audit replay of the node's own export, timed from reading the export out of the store
     // to the auditor's report: with the replayed state in memory, then on disk as
-    // `tally audit` keeps it.
+    // `tally audit` keeps it. Stated against the ceiling measured just before: within one
+    // run the machine's speed moved by up to a fifth between the start and here.
+    let passes = tally_benches::ceiling_passes(&receipts[..count.min(40_000)]);
+    let ceiling = passes[passes.len() / 2];
+    println!(
+        "ceiling before the audit                               {ceiling:>10.0} receipts/s  (median of {} passes, {:.0}-{:.0})",
+        passes.len(),
+        passes[0],
+        passes[passes.len() - 1]
+    );
     let t = Instant::now();
     let report = tally_tests::audit_ledger(&ledger, collective_key().public_key());
     let replay = size as f64 / t.elapsed().as_secs_f64();
