@@ -264,25 +264,29 @@ macro_rules! tri {
     };
 }
 
+/// A state key: its parts back to back, allocated once at its final size. Keys are built
+/// for every receipt several times over (read-ahead, resolution, the writes), and growing a
+/// one-byte vector to its length reallocated each of them.
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
 fn marker_key(contract_seq: u64, url: &str) -> (Hash, Vec<u8>) {
     let h: Hash = Sha256::digest(url.as_bytes()).into();
-    let mut k = vec![I_MARKERS];
-    k.extend_from_slice(&contract_seq.to_be_bytes());
-    k.extend_from_slice(&h);
+    let k = marker_key_from_hash(contract_seq, &h);
     (h, k)
 }
 
 fn marker_key_from_hash(contract_seq: u64, h: &Hash) -> Vec<u8> {
-    let mut k = vec![I_MARKERS];
-    k.extend_from_slice(&contract_seq.to_be_bytes());
-    k.extend_from_slice(h);
-    k
+    key(&[&[I_MARKERS], &contract_seq.to_be_bytes(), h])
 }
 
 fn pattern_key(kind: MatchKind, url: &str) -> Vec<u8> {
-    let mut k = vec![I_PATTERNS, kind.code()];
-    k.extend_from_slice(url.as_bytes());
-    k
+    key(&[&[I_PATTERNS, kind.code()], url.as_bytes()])
 }
 
 /// The registry keys of every pattern that could match `url`: its exact pattern, then its
@@ -293,22 +297,15 @@ fn candidate_keys(url: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
 }
 
 fn charge_key(seq: u64) -> Vec<u8> {
-    let mut k = vec![I_CHARGES];
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+    key(&[&[I_CHARGES], &seq.to_be_bytes()])
 }
 
 fn unclaimed_key(url: &str) -> Vec<u8> {
-    let mut k = vec![I_UNCLAIMED];
-    k.extend_from_slice(url.as_bytes());
-    k
+    key(&[&[I_UNCLAIMED], url.as_bytes()])
 }
 
 fn settled_key(period: u32, participant: u64) -> Vec<u8> {
-    let mut k = vec![I_SETTLED];
-    k.extend_from_slice(&period.to_be_bytes());
-    k.extend_from_slice(&participant.to_be_bytes());
-    k
+    key(&[&[I_SETTLED], &period.to_be_bytes(), &participant.to_be_bytes()])
 }
 
 fn usage_bit(u: Usage) -> u8 {
