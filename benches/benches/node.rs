@@ -63,14 +63,9 @@ fn main() {
     );
     println!("{}", tally_benches::answers());
     let receipts = tally_benches::presigned_receipts(count, LABS);
-    let passes = tally_benches::ceiling_passes(&receipts[..count.min(40_000)]);
-    let ceiling = passes[passes.len() / 2];
-    println!(
-        "ceiling: batch Ed25519 verification on every core      {ceiling:>10.0} receipts/s  (median of {} passes, {:.0}-{:.0})",
-        passes.len(),
-        passes[0],
-        passes[passes.len() - 1]
-    );
+    let measured = tally_benches::Ceiling::measure(&receipts[..count.min(40_000)]);
+    let ceiling = measured.median;
+    println!("ceiling: batch Ed25519 verification on every core      {measured}");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let node = tally_benches::ChildNode::spawn(dir.path());
@@ -205,14 +200,9 @@ fn main() {
     // to the auditor's report: with the replayed state in memory, then on disk as
     // `tally audit` keeps it. Stated against the ceiling measured just before: within one
     // run the machine's speed moved by up to a fifth between the start and here.
-    let passes = tally_benches::ceiling_passes(&receipts[..count.min(40_000)]);
-    let ceiling = passes[passes.len() / 2];
-    println!(
-        "ceiling before the audit                               {ceiling:>10.0} receipts/s  (median of {} passes, {:.0}-{:.0})",
-        passes.len(),
-        passes[0],
-        passes[passes.len() - 1]
-    );
+    let measured = tally_benches::Ceiling::measure(&receipts[..count.min(40_000)]);
+    let ceiling = measured.median;
+    println!("ceiling before the audit                               {measured}");
     let t = Instant::now();
     let report = tally_tests::audit_ledger(&ledger, collective_key().public_key());
     let replay = size as f64 / t.elapsed().as_secs_f64();

@@ -76,14 +76,8 @@ fn main() {
     // ceiling is measured before the peak and again after it (about 15 s later), and the
     // peak is stated against their mean.
     let sample = warmup[..warmup.len().min(40_000)].to_vec();
-    let ceiling_now = || {
-        let passes = tally_benches::ceiling_passes(&sample);
-        (passes[passes.len() / 2], passes[0], passes[passes.len() - 1])
-    };
-    let (ceiling_before, low, high) = ceiling_now();
-    println!(
-        "ceiling: batch Ed25519 verification on every core {ceiling_before:.0} receipts/s (median of 5 passes, {low:.0}-{high:.0})"
-    );
+    let before = tally_benches::Ceiling::measure(&sample);
+    println!("ceiling: batch Ed25519 verification on every core {before}");
     let (first, second) = warmup.split_at(warmup.len() / 2);
     let bodies = |part: &[tally_core::entry::Entry]| Arc::new(part.chunks(256).map(binary_body).collect::<Vec<_>>());
     let (first, second) = (bodies(first), bodies(second));
@@ -93,11 +87,9 @@ fn main() {
     let took = runtime.block_on(tally_benches::closed_loop(&http, &url, second.clone(), 16));
     let cpu_after = tally_benches::thread_cpu(node.process.id());
     let count = |b: &Arc<Vec<Vec<u8>>>| (b.len() * 256) as f64;
-    let (ceiling_after, low, high) = ceiling_now();
-    let ceiling = (ceiling_before + ceiling_after) / 2.0;
-    println!(
-        "ceiling again, after the peak {ceiling_after:.0} receipts/s ({low:.0}-{high:.0}); the peak is stated against the mean, {ceiling:.0}"
-    );
+    let after = tally_benches::Ceiling::measure(&sample);
+    let ceiling = (before.median + after.median) / 2.0;
+    println!("ceiling again, after the peak {after}; the peak is stated against the mean, {ceiling:.0}");
     println!(
         "warm-up {:.0} receipts/s over {:.0} s; sustained peak {:.0} receipts/s over the next {:.0} s = {:.0}% of the ceiling",
         count(&first) / burst.as_secs_f64(),

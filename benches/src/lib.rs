@@ -57,12 +57,37 @@ const CEILING_PASSES: usize = 5;
 /// passes in one run differed by up to a fifth, which moved every ratio to the ceiling
 /// by as much.
 pub fn ceiling(sample: &[Entry]) -> f64 {
-    let passes = ceiling_passes(sample);
-    passes[passes.len() / 2]
+    Ceiling::measure(sample).median
 }
 
-/// Every pass of [`ceiling`], slowest first (to print the spread beside the median).
-pub fn ceiling_passes(sample: &[Entry]) -> Vec<f64> {
+/// [`ceiling`] with the spread of its passes; prints as
+/// `<median> receipts/s  (median of 5 passes, <slowest>-<fastest>)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceiling {
+    pub median: f64,
+    pub slowest: f64,
+    pub fastest: f64,
+}
+
+impl Ceiling {
+    pub fn measure(sample: &[Entry]) -> Self {
+        let passes = ceiling_passes(sample);
+        Self { median: passes[passes.len() / 2], slowest: passes[0], fastest: passes[passes.len() - 1] }
+    }
+}
+
+impl std::fmt::Display for Ceiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>10.0} receipts/s  (median of {CEILING_PASSES} passes, {:.0}-{:.0})",
+            self.median, self.slowest, self.fastest
+        )
+    }
+}
+
+/// Every pass of [`ceiling`], slowest first.
+fn ceiling_passes(sample: &[Entry]) -> Vec<f64> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut passes: Vec<f64> = (0..CEILING_PASSES)
         .map(|_| {
